@@ -1,0 +1,1 @@
+"""callbacks for the Vonage AI Studio provider."""

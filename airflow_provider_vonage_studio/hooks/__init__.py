@@ -1,0 +1,1 @@
+"""hooks for the Vonage AI Studio provider."""

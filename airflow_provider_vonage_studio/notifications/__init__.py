@@ -1,0 +1,1 @@
+"""notifications for the Vonage AI Studio provider."""

@@ -1,0 +1,1 @@
+"""operators for the Vonage AI Studio provider."""

@@ -1,0 +1,1 @@
+"""sensors for the Vonage AI Studio provider."""

@@ -1,0 +1,1 @@
+"""testing for the Vonage AI Studio provider."""
