@@ -1,0 +1,297 @@
+"""Unit tests for call references and signed callback tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_vonage_studio.callbacks import tokens
+from airflow_provider_vonage_studio.callbacks.tokens import (
+    InvalidToken,
+    build_status_url,
+    elide_token,
+    make_call_ref,
+    sign_token,
+    verify_token,
+)
+
+SECRET = "s3cret-for-tests"
+URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+FAST = settings(max_examples=100, deadline=None)
+
+
+# --- make_call_ref ------------------------------------------------------------------
+
+
+def test_call_ref_shape_and_determinism() -> None:
+    ref = make_call_ref("dag", "run", "task")
+    assert ref == make_call_ref("dag", "run", "task", -1, None)
+    assert re.fullmatch(r"vs-[0-9a-f]{32}", ref)
+
+
+def test_call_ref_is_sha256_of_json_list() -> None:
+    # The construction is part of the interface: other tools may recompute it.
+    payload = json.dumps(["d", "r", "t", 3, "k"], separators=(",", ":"))
+    expected = "vs-" + hashlib.sha256(payload.encode()).hexdigest()[:32]
+    assert make_call_ref("d", "r", "t", 3, "k") == expected
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("dag2", "run", "task", -1, None),
+        ("dag", "run2", "task", -1, None),
+        ("dag", "run", "task2", -1, None),
+        ("dag", "run", "task", 0, None),  # unmapped (-1) vs first mapped index
+        ("dag", "run", "task", -1, ""),  # no key vs empty key
+        ("dag", "run", "task", -1, "None"),
+    ],
+)
+def test_call_ref_differs_for_each_input(other: tuple[Any, ...]) -> None:
+    assert make_call_ref("dag", "run", "task", -1, None) != make_call_ref(*other)
+
+
+def test_call_ref_fields_do_not_run_together() -> None:
+    assert make_call_ref("a_b", "c", "t") != make_call_ref("a", "b_c", "t")
+    assert make_call_ref("a", "bc", "t") != make_call_ref("ab", "c", "t")
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((None, "r", "t"), "dag_id"),
+        (("d", 1, "t"), "run_id"),
+        (("d", "r", b"t"), "task_id"),
+        (("d", "r", "t", "0"), "map_index"),
+        (("d", "r", "t", True), "map_index"),
+        (("d", "r", "t", -1, 5), "key"),
+    ],
+)
+def test_call_ref_rejects_wrong_types(args: tuple[Any, ...], field: str) -> None:
+    with pytest.raises(TypeError, match=field):
+        make_call_ref(*args)
+
+
+@FAST
+@given(
+    st.text(),
+    st.text(),
+    st.text(),
+    st.integers(min_value=-1, max_value=10**6),
+    st.none() | st.text(),
+)
+def test_call_ref_always_url_safe_and_signable(
+    dag_id: str, run_id: str, task_id: str, map_index: int, key: str | None
+) -> None:
+    ref = make_call_ref(dag_id, run_id, task_id, map_index, key)
+    assert re.fullmatch(r"vs-[0-9a-f]{32}", ref)
+    assert verify_token(sign_token(ref, SECRET), SECRET) == ref
+
+
+# --- sign / verify ------------------------------------------------------------------
+
+
+def test_round_trip() -> None:
+    ref = make_call_ref("dag", "run", "task")
+    token = sign_token(ref, SECRET)
+    assert token.startswith(ref + ".")
+    assert verify_token(token, SECRET) == ref
+
+
+def test_signature_is_unpadded_urlsafe_hmac_sha256() -> None:
+    ref = "vs-0123"
+    digest = hmac.new(SECRET.encode(), ref.encode(), hashlib.sha256).digest()
+    sig = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    assert sign_token(ref, SECRET) == f"{ref}.{sig}"
+    assert URL_SAFE.fullmatch(sig)
+    assert len(sig) == 43
+
+
+def test_token_charset_is_url_safe() -> None:
+    for i in range(50):
+        token = sign_token(make_call_ref("d", "r", "t", i), SECRET)
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", token)
+
+
+def _flip(char: str) -> str:
+    return "A" if char != "A" else "B"
+
+
+def test_tampered_signature_is_refused() -> None:
+    token = sign_token("vs-abc", SECRET)
+    for position in (-1, -20, -43):
+        forged = token[:position] + _flip(token[position]) + (token[position + 1 :] if position != -1 else "")
+        with pytest.raises(InvalidToken, match="does not match"):
+            verify_token(forged, SECRET)
+
+
+def test_wrong_secret_is_refused() -> None:
+    token = sign_token("vs-abc", SECRET)
+    with pytest.raises(InvalidToken):
+        verify_token(token, SECRET + "x")
+
+
+def test_other_calls_signature_is_refused() -> None:
+    token_a = sign_token("vs-aaaa", SECRET)
+    token_b = sign_token("vs-bbbb", SECRET)
+    swapped = "vs-aaaa." + token_b.rpartition(".")[2]
+    assert swapped != token_a
+    with pytest.raises(InvalidToken):
+        verify_token(swapped, SECRET)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 42, 43, 44])
+def test_truncated_token_is_refused(cut: int) -> None:
+    token = sign_token("vs-abc", SECRET)
+    with pytest.raises(InvalidToken):
+        verify_token(token[:-cut], SECRET)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        ".",
+        "vs-abc",
+        "vs-abc.",
+        ".sig",
+        "a b." + "A" * 43,
+        "vs/abc." + "A" * 43,
+        "vs-abc." + "=" * 43,
+        None,
+        42,
+    ],
+)
+def test_garbage_is_refused(garbage: Any) -> None:
+    with pytest.raises(InvalidToken):
+        verify_token(garbage, SECRET)
+
+
+def test_invalid_token_message_never_repeats_the_token() -> None:
+    token = sign_token("vs-abc", SECRET)
+    forged = token[:-1] + _flip(token[-1])
+    with pytest.raises(InvalidToken) as info:
+        verify_token(forged, SECRET)
+    assert forged not in str(info.value)
+    assert "vs-abc" not in str(info.value)
+
+
+def test_invalid_token_is_a_value_error() -> None:
+    assert issubclass(InvalidToken, ValueError)
+
+
+@pytest.mark.parametrize("secret", ["", None, b"bytes"])
+def test_empty_or_non_str_secret_is_a_config_error(secret: Any) -> None:
+    with pytest.raises(ValueError, match="callback_secret"):
+        sign_token("vs-abc", secret)
+    with pytest.raises(ValueError, match="callback_secret") as info:
+        verify_token("vs-abc." + "A" * 43, secret)
+    # A misconfigured receiver is not the caller's fault: not reported as a bad token.
+    assert not isinstance(info.value, InvalidToken)
+
+
+@pytest.mark.parametrize("call_ref", ["", "a/b", "a b", "é", "x" * 201, None])
+def test_sign_refuses_call_refs_that_are_not_one_url_segment(call_ref: Any) -> None:
+    with pytest.raises(ValueError, match="call_ref"):
+        sign_token(call_ref, SECRET)
+
+
+def test_caller_supplied_call_ref_with_dots_round_trips() -> None:
+    assert verify_token(sign_token("my.custom.ref", SECRET), SECRET) == "my.custom.ref"
+
+
+def test_unicode_secret_works() -> None:
+    assert verify_token(sign_token("vs-abc", "clé-secrète"), "clé-secrète") == "vs-abc"
+
+
+def test_compare_digest_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(tokens.hmac, "compare_digest", spy)
+    token = sign_token("vs-abc", SECRET)
+    assert verify_token(token, SECRET) == "vs-abc"
+    with pytest.raises(InvalidToken):
+        verify_token(token[:-1] + _flip(token[-1]), SECRET)
+    assert len(calls) == 2
+
+
+@FAST
+@given(st.text(max_size=200))
+def test_random_text_never_verifies_and_raises_only_invalid_token(text: str) -> None:
+    with pytest.raises(InvalidToken):
+        verify_token(text, SECRET)
+
+
+@FAST
+@given(st.from_regex(r"[A-Za-z0-9._~-]{1,200}", fullmatch=True), st.text(min_size=1, max_size=50))
+def test_round_trip_property(call_ref: str, secret: str) -> None:
+    assert verify_token(sign_token(call_ref, secret), secret) == call_ref
+
+
+# --- status URLs --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["https://calls.example.com", "https://calls.example.com/", "https://calls.example.com///"],
+)
+def test_build_status_url(base: str) -> None:
+    url = build_status_url(base, "vs-abc", SECRET)
+    assert url == f"https://calls.example.com/calls/{sign_token('vs-abc', SECRET)}/status"
+
+
+def test_build_status_url_keeps_path_prefix_and_port() -> None:
+    url = build_status_url("http://127.0.0.1:8080/vonage-studio/", "vs-abc", SECRET)
+    assert url.startswith("http://127.0.0.1:8080/vonage-studio/calls/vs-abc.")
+    assert url.endswith("/status")
+    token = url.split("/calls/")[1].split("/")[0]
+    assert verify_token(token, SECRET) == "vs-abc"
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["", "calls.example.com", "ftp://x", "https://", "https://x/?a=1", "https://x/#f", "https://x?", None],
+)
+def test_build_status_url_refuses_bad_base(base: Any) -> None:
+    with pytest.raises(ValueError, match="callback_base_url"):
+        build_status_url(base, "vs-abc", SECRET)
+
+
+def test_build_status_url_refuses_empty_secret() -> None:
+    with pytest.raises(ValueError, match="callback_secret"):
+        build_status_url("https://x", "vs-abc", "")
+
+
+def test_elide_token() -> None:
+    url = build_status_url("https://calls.example.com/prefix", "vs-abc", SECRET)
+    elided = elide_token(url)
+    assert elided == "https://calls.example.com/prefix/calls/***/status"
+    assert "vs-abc" not in elided
+
+
+@pytest.mark.parametrize(
+    ("given_url", "expected"),
+    [
+        ("/calls/vs-abc.SIG/status", "/calls/***/status"),
+        ("POST /calls/vs-abc.SIG/status?x=1 HTTP/1.1", "POST /calls/***/status?x=1 HTTP/1.1"),
+        ("https://h/calls/t/status/", "https://h/calls/***/status/"),
+        ("https://h/healthz", "https://h/healthz"),
+        ("https://h/calls/t/statusx", "https://h/calls/t/statusx"),
+        ("", ""),
+    ],
+)
+def test_elide_token_forms(given_url: str, expected: str) -> None:
+    assert elide_token(given_url) == expected
