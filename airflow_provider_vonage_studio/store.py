@@ -1,0 +1,919 @@
+"""The call store: call ledger, status history, pacing slots and do-not-call list.
+
+Every piece of the provider that must survive a task retry, a worker restart or a
+second machine keeps it here: the hook writes a call row *before* dialing (exactly-once
+dialing), the callback receiver adds the statuses Vonage posts, sensors and triggers read
+them, and every dial first reserves a pacing slot so all workers together stay within the
+calls per second agreed with Vonage.
+
+All SQL of the project lives in this module (SQLAlchemy Core, no ORM; SQLAlchemy 1.4.49+
+and 2.x). Two backends are supported:
+
+* **SQLite** (the default, one file under ``AIRFLOW_HOME``): good when every worker, the
+  triggerer and the receiver run on one machine. Connections use WAL, a 30 s busy timeout
+  and ``BEGIN IMMEDIATE`` for every write, so read-modify-write steps are serialised
+  across processes.
+* **PostgreSQL** (``postgresql+psycopg://...``): needed as soon as tasks run on several
+  machines. Atomicity comes from unique constraints, conditional updates and row locks.
+
+Nothing in an operator or sensor module imports this module at top level (SQLAlchemy
+stays out of DAG parsing); the hook and the receiver import it when they need it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from airflow_provider_vonage_studio.exceptions import UnknownCall, VonageStudioConfigError, VonageStudioError
+
+__all__ = [
+    "FAILURE_STATUSES",
+    "SCHEMA_VERSION",
+    "CallRecord",
+    "CallState",
+    "CallStateConflict",
+    "CallStore",
+    "RecordOutcome",
+    "StoreSchemaTooNew",
+    "configured_store_url",
+]
+
+#: Version of the table layout this code writes. Bump it together with an entry in
+#: ``_MIGRATIONS`` whenever a table changes.
+SCHEMA_VERSION = 1
+
+#: Statuses AI Studio posts to ``status_url`` (only when the callee did not pick up).
+FAILURE_STATUSES: tuple[str, ...] = ("cancelled", "rejected", "busy", "timeout", "failed")
+
+# Rows fetched per ``IN (...)`` query: well under SQLite's oldest bound-parameter limit (999).
+_CHUNK = 500
+# Column widths of the values that take part in keys; checked up front so a caller gets a
+# message naming the field instead of a backend-specific DataError.
+_CALL_REF_MAX = 64
+_STATUS_MAX = 64
+_UUID_MAX = 255
+_KEY_MAX = 255
+
+
+class CallState(str, Enum):
+    """Where a call stands in the exactly-once ledger (see DESIGN "Exactly once")."""
+
+    PENDING = "pending"  # row written, request not (yet) known to be sent
+    PLACED = "placed"  # the API answered with a session id
+    REJECTED = "rejected"  # the API refused it: definitely not placed
+    UNKNOWN = "unknown"  # sent, no answer: never re-dialed without being asked
+
+
+class RecordOutcome(str, Enum):
+    """What :meth:`CallStore.record_status` did with a status callback."""
+
+    RECORDED = "recorded"  # first status of the call: now the call's status
+    DUPLICATE = "duplicate"  # same (status, conversation_uuid) seen before: nothing written
+    HISTORY = "history"  # a later, different status: kept in the history only
+    UNKNOWN_CALL = "unknown_call"  # no such call_ref: nothing written
+
+
+class StoreSchemaTooNew(VonageStudioError):
+    """The store was written by a newer provider release than the one running here.
+
+    Not retryable: upgrade the provider on this machine (or point ``[vonage_studio] store_url``
+    at another database).
+    """
+
+
+class CallStateConflict(VonageStudioError):
+    """A state change was asked of a call in a state that does not allow it
+    (for example restarting a call that was already placed)."""
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One row of the call ledger. Datetimes are timezone-aware UTC."""
+
+    call_ref: str
+    agent_id: str
+    destination: str
+    state: CallState
+    dag_id: str | None
+    run_id: str | None
+    task_id: str | None
+    map_index: int
+    recipient_key: str | None
+    session_id: str | None
+    session_start_time: datetime | None
+    error_status: int | None
+    error_message: str | None
+    status: str | None
+    status_at: datetime | None
+    conversation_uuid: str | None
+    callback_payload: dict[str, Any] | None
+    parameters: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# --------------------------------------------------------------------------- column types
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Aware UTC datetime; naive values are taken to be UTC (as the API's own timestamps are)."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# Not subscripted (TypeDecorator[datetime]): the class is not generic at runtime on SQLAlchemy 1.4.
+class _UTCDateTime(sa.types.TypeDecorator):
+    """``DateTime(timezone=True)`` that always binds and returns aware UTC.
+
+    SQLite has no time zones: SQLAlchemy writes the wall-clock fields and reads back a
+    naive datetime, so values are normalised to UTC on the way in and tagged UTC on the
+    way out. PostgreSQL returns the session's zone, which is converted to UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.engine.Dialect) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.engine.Dialect) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+
+class _JSONText(sa.types.TypeDecorator):
+    """JSON kept as plain text, so both backends (and any SQL client) read it alike."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.engine.Dialect) -> str | None:
+        # default=str: a callback payload must never be lost over an odd value type.
+        return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+    def process_result_value(self, value: str | None, dialect: sa.engine.Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+# --------------------------------------------------------------------------------- tables
+
+metadata = sa.MetaData()
+
+calls_table = sa.Table(
+    "vonage_studio_calls",
+    metadata,
+    sa.Column("call_ref", sa.String(_CALL_REF_MAX), primary_key=True),
+    # 250 = Airflow's own ID length for dag/task/run ids.
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("task_id", sa.String(250)),
+    sa.Column("map_index", sa.Integer, nullable=False, default=-1),
+    sa.Column("recipient_key", sa.Text),
+    sa.Column("agent_id", sa.Text, nullable=False),
+    sa.Column("destination", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("session_id", sa.String(_UUID_MAX)),
+    sa.Column("session_start_time", _UTCDateTime),
+    sa.Column("error_status", sa.Integer),
+    sa.Column("error_message", sa.Text),
+    sa.Column("status", sa.String(_STATUS_MAX)),
+    sa.Column("status_at", _UTCDateTime),
+    sa.Column("conversation_uuid", sa.String(_UUID_MAX)),
+    sa.Column("callback_payload", _JSONText),
+    sa.Column("parameters", _JSONText),
+    sa.Column("created_at", _UTCDateTime, nullable=False),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+    sa.Index("ix_vonage_studio_calls_dag_run", "dag_id", "run_id"),
+    sa.Index("ix_vonage_studio_calls_state", "state"),
+    # recent_calls() orders by it; without the index that is a full scan of a growing ledger.
+    sa.Index("ix_vonage_studio_calls_created_at", "created_at"),
+)
+
+status_events_table = sa.Table(
+    "vonage_studio_call_status_events",
+    metadata,
+    # BIGINT on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("call_ref", sa.String(_CALL_REF_MAX), nullable=False),
+    sa.Column("status", sa.String(_STATUS_MAX), nullable=False),
+    # "" instead of NULL: NULLs never collide in a unique constraint, so two identical
+    # callbacks without a conversation_uuid would both be stored.
+    sa.Column("conversation_uuid", sa.String(_UUID_MAX), nullable=False, default=""),
+    sa.Column("event_timestamp", _UTCDateTime),
+    sa.Column("payload", _JSONText, nullable=False),
+    sa.Column("received_at", _UTCDateTime, nullable=False),
+    # The duplicate detector: a second identical callback fails this constraint atomically,
+    # however many receivers race. Its index (call_ref first) also serves status_history().
+    sa.UniqueConstraint("call_ref", "status", "conversation_uuid", name="uq_vonage_studio_call_status_event"),
+)
+
+pacing_slots_table = sa.Table(
+    "vonage_studio_pacing_slots",
+    metadata,
+    sa.Column("key", sa.String(_KEY_MAX), primary_key=True),
+    sa.Column("next_at", sa.Float, nullable=False),  # epoch seconds; FLOAT is double precision on PostgreSQL
+)
+
+do_not_call_table = sa.Table(
+    "vonage_studio_do_not_call",
+    metadata,
+    sa.Column("number", sa.String(_KEY_MAX), primary_key=True),
+    sa.Column("reason", sa.Text),
+    sa.Column("added_at", _UTCDateTime, nullable=False),
+)
+
+schema_version_table = sa.Table(
+    "vonage_studio_schema_version",
+    metadata,
+    # A fixed primary key (always 1) makes "single row" a constraint rather than a hope.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+#: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
+#: Each runs inside the schema transaction (under the schema lock) on the connection it is
+#: given, after ``create_all`` has created any table that did not exist. Example for a
+#: later release that adds a column::
+#:
+#:     SCHEMA_VERSION = 2
+#:     calls_table gets sa.Column("attempt", sa.Integer, nullable=False, server_default="1")
+#:
+#:     def _add_attempt(conn: Connection) -> None:
+#:         conn.execute(
+#:             sa.text("ALTER TABLE vonage_studio_calls ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
+#:         )
+#:
+#:     _MIGRATIONS = {2: _add_attempt}
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+# Execution option read by the SQLite "begin" hook: which BEGIN to emit.
+_BEGIN_OPTION = "vonage_studio_sqlite_begin"
+
+
+# ------------------------------------------------------------------------------ the store
+
+
+class CallStore:
+    """Access to the call store at one SQLAlchemy URL (one engine and pool per instance).
+
+    Tables are created on first use, idempotently and safely when many processes start at
+    once. Instances are thread-safe and survive ``fork`` (the child opens its own
+    connections). Use :meth:`default` to share one instance per URL in a process.
+
+    Any method may raise :class:`StoreSchemaTooNew` on first use, and SQLAlchemy's
+    ``OperationalError`` when the database cannot be reached.
+    """
+
+    _defaults: ClassVar[dict[str, CallStore]] = {}
+    _defaults_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, url: str | None = None) -> None:
+        """Open (lazily) the store at ``url``; ``None`` means :func:`configured_store_url`.
+
+        Raises ``sqlalchemy.exc.ArgumentError`` for a malformed URL. No connection is made here.
+        """
+        self._url = url if url is not None else configured_store_url()
+        parsed = sa.engine.make_url(self._url)
+        self._backend = parsed.get_backend_name()
+        self._sqlite = self._backend == "sqlite"
+        self._memory = self._sqlite and _sqlite_is_memory(parsed)
+        self._engine = _create_engine(parsed, memory=self._memory)
+        # Writes on SQLite get BEGIN IMMEDIATE: the write lock is taken up front, so a
+        # read-modify-write can never fail half-way with "database is locked" on upgrade.
+        self._write_engine: Engine = (
+            self._engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) if self._sqlite else self._engine
+        )
+        self._display_url = parsed.render_as_string(hide_password=True)
+        self._init_process_state()
+
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        # SQLite admits one writer at a time anyway; queueing this process's writers on a
+        # lock is fairer and faster than letting them poll SQLite's busy handler.
+        self._write_lock = threading.Lock()
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+
+    def __repr__(self) -> str:
+        return f"CallStore({self._display_url!r})"
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL this store was opened with (may contain a password)."""
+        return self._url
+
+    @classmethod
+    def default(cls) -> CallStore:
+        """The process-wide store for :func:`configured_store_url` (created once per URL)."""
+        url = configured_store_url()
+        with cls._defaults_lock:
+            store = cls._defaults.get(url)
+            if store is None:
+                store = cls._defaults[url] = cls(url)
+            return store
+
+    @classmethod
+    def _clear_default_cache(cls, url: str | None = None) -> None:
+        """Dispose and forget cached :meth:`default` stores (all, or the one for ``url``); for tests."""
+        with cls._defaults_lock:
+            urls = list(cls._defaults) if url is None else [url]
+            for key in urls:
+                store = cls._defaults.pop(key, None)
+                if store is not None:
+                    store.dispose()
+
+    def dispose(self) -> None:
+        """Close this store's pooled connections; the store reconnects if used again."""
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------ transactions
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            # A forked child must not use the parent's sockets/file handles; close=False
+            # drops them without closing what the parent is still using.
+            self._engine.dispose(close=False)
+            self._init_process_state()
+
+    @contextmanager
+    def _transaction(self, *, write: bool, ensure_schema: bool = True) -> Iterator[Connection]:
+        """A connection inside one transaction, committed on normal exit, rolled back on error."""
+        self._check_fork()
+        if ensure_schema:
+            self._ensure_schema()
+        # An in-memory database is one shared connection: every transaction must queue.
+        lock: AbstractContextManager[Any] = (
+            self._write_lock if self._sqlite and (write or self._memory) else nullcontext()
+        )
+        with lock, (self._write_engine if write else self._engine).begin() as conn:
+            yield conn
+
+    def _ensure_schema(self) -> None:
+        """Create missing tables, then record, check or migrate the schema version.
+
+        Raises :class:`StoreSchemaTooNew` when the store was written by a newer release.
+        """
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            with self._transaction(write=True, ensure_schema=False) as conn:
+                if conn.dialect.name == "postgresql":
+                    # Two processes creating the same table at once: the loser would fail
+                    # on pg_type's unique index. A transaction-scoped advisory lock per
+                    # schema serialises them (SQLite's BEGIN IMMEDIATE already does).
+                    conn.execute(
+                        sa.text(
+                            "SELECT pg_advisory_xact_lock(hashtext(:tag || coalesce(current_schema(), '')))"
+                        ),
+                        {"tag": "vonage_studio_schema:"},
+                    )
+                metadata.create_all(conn, checkfirst=True)
+                found = conn.execute(
+                    sa.select(schema_version_table.c.version).where(schema_version_table.c.id == 1)
+                ).scalar_one_or_none()
+                if found is None:
+                    conn.execute(schema_version_table.insert().values(id=1, version=SCHEMA_VERSION))
+                elif found > SCHEMA_VERSION:
+                    raise StoreSchemaTooNew(
+                        f"store_url {self._display_url}: the call store has schema version {found}, "
+                        f"newer than this provider release understands ({SCHEMA_VERSION}); upgrade "
+                        "airflow-provider-vonage-studio on this machine"
+                    )
+                elif found < SCHEMA_VERSION:
+                    for version in range(found + 1, SCHEMA_VERSION + 1):
+                        _MIGRATIONS[version](conn)
+                    conn.execute(
+                        schema_version_table.update()
+                        .where(schema_version_table.c.id == 1)
+                        .values(version=SCHEMA_VERSION)
+                    )
+            self._schema_ready = True
+
+    # -------------------------------------------------------------------- the ledger
+
+    def begin_call(
+        self,
+        call_ref: str,
+        *,
+        agent_id: str,
+        destination: str,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        map_index: int = -1,
+        recipient_key: str | None = None,
+    ) -> tuple[bool, CallRecord]:
+        """Write the ledger row of a call about to be dialed, unless it exists already.
+
+        Returns ``(True, record)`` when this call created the ``pending`` row and
+        ``(False, existing)`` when the row was already there (a retry, or another process
+        that won the race: exactly one caller ever gets ``True``). ``destination`` is the
+        normalised number or SIP URI. Raises :class:`VonageStudioConfigError` for an empty
+        or over-long ``call_ref`` or an empty ``agent_id``/``destination``.
+        """
+        _check_call_ref(call_ref)
+        if not agent_id:
+            raise VonageStudioConfigError("agent_id: must not be empty")
+        if not destination:
+            raise VonageStudioConfigError("destination: must not be empty")
+        now = _utcnow()
+        values: dict[str, Any] = {
+            "call_ref": call_ref,
+            "agent_id": agent_id,
+            "destination": destination,
+            "state": CallState.PENDING.value,
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "task_id": task_id,
+            "map_index": map_index,
+            "recipient_key": recipient_key,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self._transaction(write=True) as conn:
+                conn.execute(calls_table.insert().values(**values))
+        except IntegrityError:
+            # The primary key settles the race: on PostgreSQL the loser's INSERT waits for
+            # the winner's commit, then fails here; on SQLite writers are serialised.
+            existing = self.get_call(call_ref)
+            if existing is None:  # pragma: no cover - rows are never deleted
+                raise
+            return False, existing
+        return True, _record_from_values(values)
+
+    def restart_call(self, call_ref: str, *, expected: CallRecord | None = None) -> None:
+        """Put an ``unknown`` (or stale ``pending``) call back to ``pending`` for an explicit redial.
+
+        Clears the earlier error and bumps ``updated_at``. With ``expected`` — the record the
+        caller based its decision on — the restart is a compare-and-set: it happens only while
+        the row still has that state and ``updated_at``, so two concurrent redials cannot both
+        win, and a ``rejected`` row may then be restarted too (the hook does that only for
+        refusals that were definitely not dialed: 429, 5xx gateway errors, refused connections).
+
+        Raises :class:`UnknownCall` when there is no such call and :class:`CallStateConflict`
+        when it was placed or rejected (without ``expected``), or changed since ``expected``.
+        """
+        allowed: tuple[CallState, ...] = (CallState.PENDING, CallState.UNKNOWN)
+        where = None
+        if expected is not None:
+            allowed = (expected.state,)
+            where = calls_table.c.updated_at == expected.updated_at
+        self._update_call(
+            call_ref,
+            {"state": CallState.PENDING.value, "error_status": None, "error_message": None},
+            allowed=allowed,
+            action="restart",
+            where=where,
+        )
+
+    def mark_placed(self, call_ref: str, session_id: str, session_start_time: datetime) -> None:
+        """Record that the API accepted the call (``placed``). A naive start time is taken as UTC.
+
+        Raises :class:`UnknownCall` when there is no such call.
+        """
+        self._update_call(
+            call_ref,
+            {
+                "state": CallState.PLACED.value,
+                "session_id": session_id,
+                "session_start_time": session_start_time,
+                "error_status": None,
+                "error_message": None,
+            },
+        )
+
+    def mark_rejected(self, call_ref: str, status: int | None, message: str) -> None:
+        """Record that the API refused the call (``rejected``: definitely not placed).
+
+        Raises :class:`UnknownCall` when there is no such call.
+        """
+        self._update_call(
+            call_ref,
+            {"state": CallState.REJECTED.value, "error_status": status, "error_message": message},
+        )
+
+    def mark_unknown(self, call_ref: str, message: str) -> None:
+        """Record that the request was sent but no answer came back (``unknown``).
+
+        Raises :class:`UnknownCall` when there is no such call.
+        """
+        self._update_call(
+            call_ref,
+            {"state": CallState.UNKNOWN.value, "error_status": None, "error_message": message},
+        )
+
+    def set_parameters(self, call_ref: str, params: dict[str, str]) -> None:
+        """Keep what the conversation collected (Insights session parameters) with the call.
+
+        Replaces any earlier value. Raises :class:`UnknownCall` when there is no such call.
+        """
+        self._update_call(call_ref, {"parameters": dict(params)})
+
+    def _update_call(
+        self,
+        call_ref: str,
+        values: dict[str, Any],
+        *,
+        allowed: tuple[CallState, ...] | None = None,
+        action: str = "update",
+        where: Any = None,
+    ) -> None:
+        values = {**values, "updated_at": _utcnow()}
+        with self._transaction(write=True) as conn:
+            stmt = calls_table.update().where(calls_table.c.call_ref == call_ref)
+            if where is not None:
+                stmt = stmt.where(where)
+            if allowed is not None:
+                # The state test is part of the UPDATE, so a concurrent change cannot slip
+                # in between a check and the write.
+                stmt = stmt.where(calls_table.c.state.in_([s.value for s in allowed]))
+            if conn.execute(stmt.values(**values)).rowcount:
+                return
+            state = conn.execute(
+                sa.select(calls_table.c.state).where(calls_table.c.call_ref == call_ref)
+            ).scalar_one_or_none()
+        if state is None:
+            raise UnknownCall(f"call_ref {call_ref!r}: no such call in the call store")
+        raise CallStateConflict(
+            f"call_ref {call_ref!r}: cannot {action} a call in state {state!r} "
+            f"(allowed: {', '.join(s.value for s in allowed or ())})"
+        )
+
+    def get_call(self, call_ref: str) -> CallRecord | None:
+        """The ledger row of ``call_ref``, or ``None`` when there is none."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(sa.select(calls_table).where(calls_table.c.call_ref == call_ref)).first()
+        return None if row is None else _record_from_values(row._mapping)
+
+    def get_calls(self, call_refs: Sequence[str]) -> dict[str, CallRecord]:
+        """Rows of many calls at once (missing refs are simply absent from the result).
+
+        One query per 500 refs, all in one read transaction: a batch sensor watching
+        1,000 calls must not issue 1,000 queries.
+        """
+        refs = list(dict.fromkeys(call_refs))
+        found: dict[str, CallRecord] = {}
+        if not refs:
+            return found
+        with self._transaction(write=False) as conn:
+            for chunk in _chunks(refs):
+                for row in conn.execute(sa.select(calls_table).where(calls_table.c.call_ref.in_(chunk))):
+                    record = _record_from_values(row._mapping)
+                    found[record.call_ref] = record
+        return found
+
+    def recent_calls(self, limit: int = 500) -> list[CallRecord]:
+        """The ``limit`` most recently created calls, newest first.
+
+        Raises :class:`VonageStudioConfigError` for a negative ``limit``.
+        """
+        if limit < 0:
+            raise VonageStudioConfigError(f"limit: must be >= 0, got {limit}")
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                sa.select(calls_table)
+                .order_by(calls_table.c.created_at.desc(), calls_table.c.call_ref.desc())
+                .limit(limit)
+            ).all()
+        return [_record_from_values(row._mapping) for row in rows]
+
+    # -------------------------------------------------------------------- statuses
+
+    def record_status(
+        self,
+        call_ref: str,
+        *,
+        status: str,
+        conversation_uuid: str | None,
+        timestamp: datetime | None,
+        payload: dict[str, Any],
+    ) -> RecordOutcome:
+        """Store one status callback of ``call_ref`` and say what became of it.
+
+        * no such call → ``UNKNOWN_CALL``, nothing written;
+        * the same ``(status, conversation_uuid)`` was stored before → ``DUPLICATE``,
+          nothing written (decided by a unique constraint, so racing receivers agree);
+        * the call's first status → it becomes ``calls.status`` (with ``status_at`` =
+          ``timestamp`` or the time received, ``conversation_uuid`` and the payload) and
+          goes to the history → ``RECORDED``;
+        * a different, later status → history only → ``HISTORY`` (the first one wins).
+
+        A naive ``timestamp`` is taken as UTC. Raises :class:`VonageStudioConfigError` when
+        ``status`` is empty or ``status``/``conversation_uuid`` are longer than the store
+        keeps (64 / 255 characters).
+        """
+        if not status or len(status) > _STATUS_MAX:
+            raise VonageStudioConfigError(f"status: must be 1..{_STATUS_MAX} characters, got {len(status)}")
+        uuid = conversation_uuid or ""
+        if len(uuid) > _UUID_MAX:
+            raise VonageStudioConfigError(
+                f"conversation_uuid: must be at most {_UUID_MAX} characters, got {len(uuid)}"
+            )
+        now = _utcnow()
+        event_time = None if timestamp is None else _as_utc(timestamp)
+        try:
+            with self._transaction(write=True) as conn:
+                exists = conn.execute(
+                    sa.select(calls_table.c.call_ref).where(calls_table.c.call_ref == call_ref)
+                ).first()
+                if exists is None:
+                    return RecordOutcome.UNKNOWN_CALL
+                # The only statement here that can break a constraint; a duplicate raises
+                # IntegrityError, which leaves the block and rolls everything back.
+                conn.execute(
+                    status_events_table.insert().values(
+                        call_ref=call_ref,
+                        status=status,
+                        conversation_uuid=uuid,
+                        event_timestamp=event_time,
+                        payload=payload,
+                        received_at=now,
+                    )
+                )
+                # "status IS NULL" in the UPDATE makes the first status win even when two
+                # different statuses race: the second UPDATE matches no row.
+                first = conn.execute(
+                    calls_table.update()
+                    .where(calls_table.c.call_ref == call_ref, calls_table.c.status.is_(None))
+                    .values(
+                        status=status,
+                        status_at=event_time or now,
+                        conversation_uuid=conversation_uuid or None,
+                        callback_payload=payload,
+                        updated_at=now,
+                    )
+                ).rowcount
+        except IntegrityError:
+            return RecordOutcome.DUPLICATE
+        return RecordOutcome.RECORDED if first else RecordOutcome.HISTORY
+
+    def status_history(self, call_ref: str) -> list[dict[str, Any]]:
+        """Every distinct status stored for ``call_ref``, in the order received.
+
+        Each item: ``status``, ``conversation_uuid`` (``None`` when the callback had
+        none), ``timestamp`` (the callback's, aware UTC or ``None``), ``payload`` and
+        ``received_at`` (aware UTC). Empty for an unknown call.
+        """
+        t = status_events_table
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(sa.select(t).where(t.c.call_ref == call_ref).order_by(t.c.id)).all()
+        return [
+            {
+                "status": row.status,
+                "conversation_uuid": row.conversation_uuid or None,
+                "timestamp": row.event_timestamp,
+                "payload": row.payload,
+                "received_at": row.received_at,
+            }
+            for row in rows
+        ]
+
+    # --------------------------------------------------------------------- pacing
+
+    def reserve_slot(self, key: str, interval_seconds: float, *, now: float | None = None) -> float:
+        """Reserve the next dialing slot of ``key`` (e.g. an agent id) and return it.
+
+        Atomically ``slot = max(next_at, now)`` and ``next_at = slot + interval_seconds``;
+        the caller waits until ``slot`` (epoch seconds) before dialing. Safe across
+        threads, processes and (on PostgreSQL) machines: on SQLite the transaction holds
+        the write lock (BEGIN IMMEDIATE), on PostgreSQL the slot row is locked (FOR UPDATE).
+        ``now`` defaults to ``time.time()``; pass it in tests.
+
+        Raises :class:`VonageStudioConfigError` for an empty or over-long ``key`` or a
+        negative / non-finite ``interval_seconds``.
+        """
+        if not key or len(key) > _KEY_MAX:
+            raise VonageStudioConfigError(f"key: must be 1..{_KEY_MAX} characters, got {len(key)}")
+        if not math.isfinite(interval_seconds) or interval_seconds < 0:
+            raise VonageStudioConfigError(
+                f"interval_seconds: must be a finite number >= 0, got {interval_seconds!r}"
+            )
+        t = pacing_slots_table
+        current = time.time() if now is None else now
+        with self._transaction(write=True) as conn:
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                # Make sure the row exists so FOR UPDATE has something to lock; a racing
+                # first insert waits on the key and then does nothing.
+                conn.execute(
+                    pg_insert(t)
+                    .values(key=key, next_at=current)
+                    .on_conflict_do_nothing(index_elements=["key"])
+                )
+            # Read-then-write (not one upsert) so the slot is returned exactly as stored,
+            # without re-deriving it from next_at - interval in floating point.
+            next_at = conn.execute(
+                sa.select(t.c.next_at).where(t.c.key == key).with_for_update()
+            ).scalar_one_or_none()
+            if next_at is None:  # SQLite: the write lock is held, nobody can insert meanwhile
+                slot = current
+                conn.execute(t.insert().values(key=key, next_at=slot + interval_seconds))
+            else:
+                slot = max(next_at, current)
+                conn.execute(t.update().where(t.c.key == key).values(next_at=slot + interval_seconds))
+        return slot
+
+    # ---------------------------------------------------------------- do not call
+
+    def dnc_add(self, number: str, reason: str | None = None) -> None:
+        """Put a normalised number (or SIP URI) on the do-not-call list.
+
+        Adding a listed number again keeps its ``added_at`` and replaces the reason when one
+        is given. Raises :class:`VonageStudioConfigError` for an empty or over-long number.
+        """
+        if not number or len(number) > _KEY_MAX:
+            raise VonageStudioConfigError(f"number: must be 1..{_KEY_MAX} characters, got {len(number)}")
+        t = do_not_call_table
+        try:
+            with self._transaction(write=True) as conn:
+                conn.execute(t.insert().values(number=number, reason=reason, added_at=_utcnow()))
+            return
+        except IntegrityError:
+            pass  # already listed (possibly by a concurrent add)
+        if reason is not None:
+            with self._transaction(write=True) as conn:
+                conn.execute(t.update().where(t.c.number == number).values(reason=reason))
+
+    def dnc_remove(self, number: str) -> bool:
+        """Take a number off the do-not-call list; ``True`` when it was listed."""
+        t = do_not_call_table
+        with self._transaction(write=True) as conn:
+            return bool(conn.execute(t.delete().where(t.c.number == number)).rowcount)
+
+    def dnc_list(self) -> list[tuple[str, str | None, datetime]]:
+        """The whole do-not-call list as ``(number, reason, added_at)``, sorted by number."""
+        t = do_not_call_table
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(sa.select(t.c.number, t.c.reason, t.c.added_at).order_by(t.c.number)).all()
+        return [(row.number, row.reason, row.added_at) for row in rows]
+
+    def dnc_filter(self, numbers: Iterable[str]) -> set[str]:
+        """Which of ``numbers`` (normalised) are on the do-not-call list (one query per 500)."""
+        wanted = list(dict.fromkeys(numbers))
+        listed: set[str] = set()
+        if not wanted:
+            return listed
+        t = do_not_call_table
+        with self._transaction(write=False) as conn:
+            for chunk in _chunks(wanted):
+                listed.update(conn.execute(sa.select(t.c.number).where(t.c.number.in_(chunk))).scalars())
+        return listed
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def configured_store_url() -> str:
+    """The store URL from Airflow's configuration.
+
+    ``[vonage_studio] store_url`` (env ``AIRFLOW__VONAGE_STUDIO__STORE_URL``), read at call
+    time; when unset, ``sqlite:///<AIRFLOW_HOME>/vonage_studio.db`` where AIRFLOW_HOME is
+    ``[core] airflow_home``, else env ``AIRFLOW_HOME``, else ``~/airflow``.
+    """
+    # Imported here so that importing the store does not import Airflow.
+    from airflow_provider_vonage_studio._compat import conf
+
+    url = conf.get("vonage_studio", "store_url", fallback=None)
+    if url and url.strip():
+        return str(url).strip()
+    home = (
+        conf.get("core", "airflow_home", fallback=None)
+        or os.environ.get("AIRFLOW_HOME")
+        or os.path.join("~", "airflow")
+    )
+    return f"sqlite:///{Path(str(home)).expanduser() / 'vonage_studio.db'}"
+
+
+def _check_call_ref(call_ref: str) -> None:
+    if not call_ref or len(call_ref) > _CALL_REF_MAX:
+        raise VonageStudioConfigError(
+            f"call_ref: must be 1..{_CALL_REF_MAX} characters, got {len(call_ref or '')}"
+        )
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _record_from_values(values: Mapping[Any, Any]) -> CallRecord:
+    """Build a :class:`CallRecord` from a row mapping (or the dict that was inserted)."""
+    get = values.get
+    return CallRecord(
+        call_ref=values["call_ref"],
+        agent_id=values["agent_id"],
+        destination=values["destination"],
+        state=CallState(values["state"]),
+        dag_id=get("dag_id"),
+        run_id=get("run_id"),
+        task_id=get("task_id"),
+        map_index=values["map_index"],
+        recipient_key=get("recipient_key"),
+        session_id=get("session_id"),
+        session_start_time=get("session_start_time"),
+        error_status=get("error_status"),
+        error_message=get("error_message"),
+        status=get("status"),
+        status_at=get("status_at"),
+        conversation_uuid=get("conversation_uuid"),
+        callback_payload=get("callback_payload"),
+        parameters=get("parameters"),
+        created_at=values["created_at"],
+        updated_at=values["updated_at"],
+    )
+
+
+def _sqlite_is_memory(url: sa.engine.URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database or url.query.get("mode") == "memory"
+
+
+def _create_engine(url: sa.engine.URL, *, memory: bool) -> Engine:
+    """An engine with the connection settings the store relies on."""
+    if url.get_backend_name() != "sqlite":
+        # pre_ping: a pooled connection dropped by a server restart or an idle timeout is
+        # replaced before use, instead of failing a task or a callback.
+        return sa.create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=30, pool_recycle=1800
+        )
+    database = url.database or ""
+    if not memory and not database.startswith("file:"):
+        # SQLite creates the file but not its directory (e.g. a fresh AIRFLOW_HOME).
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if memory:
+        # One connection shared by all threads, or every connection would see its own
+        # empty database; _transaction serialises its use.
+        kwargs["poolclass"] = sa.pool.StaticPool
+    else:
+        # Explicit because SQLAlchemy 1.4 defaults to NullPool for files (a new connection,
+        # and its PRAGMAs, per transaction).
+        kwargs.update(poolclass=sa.pool.QueuePool, pool_size=5, max_overflow=10, pool_timeout=30)
+    engine = sa.create_engine(url, **kwargs)
+    sa.event.listen(engine, "connect", _sqlite_on_connect)
+    sa.event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Take transaction control away from the sqlite3 module (which would BEGIN only before
+    # DML, and only DEFERRED); _sqlite_on_begin emits the BEGIN we want instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first, so that switching to WAL waits for a busy database too.
+        cursor.execute("PRAGMA busy_timeout=30000")
+        # WAL: readers never block the writer nor each other (persistent per database file).
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # Safe with WAL (no corruption; at worst the last commits are lost on power loss).
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+    # Sent straight to the driver rather than through conn.exec_driver_sql: it is a
+    # transaction control statement, not a query, and should not show up in statement
+    # listeners (query counts, tracing) as one.
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"BEGIN {mode}")
+    finally:
+        cursor.close()
+
+
+# Locks inherited from a parent that forked while a thread held them would never be released.
+def _reset_locks_after_fork() -> None:
+    CallStore._defaults_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_after_fork)
