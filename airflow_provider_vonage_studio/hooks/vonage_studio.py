@@ -1,0 +1,993 @@
+"""The hook that owns every conversation with Vonage AI Studio.
+
+Only this module talks to the API. It owns the connection (key, region, limits), one
+``requests.Session``, the retry policy, the mapping of API errors to
+:mod:`~airflow_provider_vonage_studio.exceptions`, pacing through shared slots in the call
+store, and the exactly-once ledger around ``make-call``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_vonage_studio._compat import BaseHook
+from airflow_provider_vonage_studio.exceptions import (
+    CallOutcomeUnknown,
+    DoNotCall,
+    SessionNotFound,
+    VonageStudioAgentNotFound,
+    VonageStudioAuthError,
+    VonageStudioBadRequest,
+    VonageStudioConfigError,
+    VonageStudioConnectionError,
+    VonageStudioError,
+    VonageStudioRateLimited,
+    VonageStudioServerError,
+)
+
+if TYPE_CHECKING:
+    import requests
+
+    from airflow_provider_vonage_studio.store import CallRecord, CallStore
+
+log = logging.getLogger(__name__)
+
+REGION_HOSTS = {
+    "eu": "https://studio-api-eu.ai.vonage.com",
+    "us": "https://studio-api-us.ai.vonage.com",
+}
+ALLOWED_CALLS_PER_SECOND = (1, 3, 5)
+PACE_SCOPES = ("agent", "key")
+DEFAULT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+MAKE_CALL_PATH = "/telephony/make-call"
+# The seed's 500 that means "this agent has no preconfigured session": configuration, not an outage.
+PRECONFIGURED_SESSION_MESSAGE = "Failed to fetch preconfigured session information"
+RETRYABLE_STATUSES = (429, 502, 503, 504)
+INSIGHTS_MAX_RANGE = timedelta(days=60)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """The ``vonage_studio`` connection, parsed and checked."""
+
+    api_key: str
+    base_url: str
+    region: str
+    calls_per_second: int
+    pace_scope: str
+    callback_base_url: str | None
+    callback_secret: str | None
+    timeout: float
+
+    def __repr__(self) -> str:  # the key and secret must not reach logs through a repr
+        return (
+            f"ConnectionConfig(base_url={self.base_url!r}, region={self.region!r}, "
+            f"calls_per_second={self.calls_per_second}, pace_scope={self.pace_scope!r}, "
+            f"callback_base_url={self.callback_base_url!r}, timeout={self.timeout})"
+        )
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What AI Studio answered for a placed call."""
+
+    session_id: str
+    session_start_time: datetime
+    call_ref: str | None
+    to: str
+    agent_id: str
+    status_url: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        """JSON-safe dict for XCom: the number redacted, the start time ISO-8601 UTC, no token."""
+        from airflow_provider_vonage_studio.destinations import redact
+
+        return {
+            "session_id": self.session_id,
+            "session_start_time": self.session_start_time.astimezone(timezone.utc).isoformat(),
+            "call_ref": self.call_ref,
+            "agent_id": self.agent_id,
+            "to": redact(self.to),
+        }
+
+
+def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionConfig:
+    """Build a :class:`ConnectionConfig` from an Airflow ``Connection``.
+
+    :raises VonageStudioConfigError: naming the field, for a missing key, an unknown region,
+        a ``calls_per_second`` other than 1/3/5, a bad timeout or a malformed URL.
+    """
+    extra = dict(conn.extra_dejson or {})
+    api_key = (conn.password or extra.get("api_key") or "").strip()
+    if not api_key:
+        raise VonageStudioConfigError(
+            f"connection {conn.conn_id!r}: field 'password' (the API key sent as X-Vgai-Key) is empty"
+        )
+    region = str(extra.get("region") or "eu").strip().lower()
+    if region not in REGION_HOSTS:
+        raise VonageStudioConfigError(
+            f"connection {conn.conn_id!r}: extra 'region' is {region!r}; expected 'eu' or 'us'"
+        )
+    cps_raw = extra.get("calls_per_second", 1)
+    try:
+        cps = int(cps_raw)
+        if str(cps) != str(cps_raw).strip() and float(cps_raw) != cps:
+            raise ValueError
+    except (TypeError, ValueError):
+        cps = -1
+    if cps not in ALLOWED_CALLS_PER_SECOND:
+        raise VonageStudioConfigError(
+            f"connection {conn.conn_id!r}: extra 'calls_per_second' is {cps_raw!r}; "
+            "AI Studio grants 1 (default), 3 or 5 calls per second"
+        )
+    pace_scope = str(extra.get("pace_scope") or "agent").strip().lower()
+    if pace_scope not in PACE_SCOPES:
+        raise VonageStudioConfigError(
+            f"connection {conn.conn_id!r}: extra 'pace_scope' is {pace_scope!r}; expected 'agent' or 'key'"
+        )
+    if timeout is None:
+        timeout_raw = extra.get("timeout", DEFAULT_TIMEOUT)
+        try:
+            timeout = float(timeout_raw)
+        except (TypeError, ValueError):
+            timeout = -1.0
+        field = "extra 'timeout'"
+    else:
+        timeout_raw, field = timeout, "argument 'timeout'"
+    if not timeout > 0:
+        raise VonageStudioConfigError(
+            f"connection {conn.conn_id!r}: {field} is {timeout_raw!r}; expected a number of seconds > 0"
+        )
+    callback_base_url = (extra.get("callback_base_url") or "").strip() or None
+    if callback_base_url and not callback_base_url.startswith(("http://", "https://")):
+        raise VonageStudioConfigError(
+            f"connection {conn.conn_id!r}: extra 'callback_base_url' must start with http:// or https://"
+        )
+    callback_secret = (extra.get("callback_secret") or "").strip() or None
+    return ConnectionConfig(
+        api_key=api_key,
+        base_url=_base_url(conn, region),
+        region=region,
+        calls_per_second=cps,
+        pace_scope=pace_scope,
+        callback_base_url=callback_base_url.rstrip("/") if callback_base_url else None,
+        callback_secret=callback_secret,
+        timeout=float(timeout),
+    )
+
+
+def _base_url(conn: Any, region: str) -> str:
+    host = (conn.host or "").strip()
+    if not host:
+        return REGION_HOSTS[region]
+    if "://" in host:
+        base = host.rstrip("/")
+    else:
+        # URI-form connections cannot carry a scheme in the host; the schema field may ("http"
+        # for the emulator on a laptop), else https.
+        scheme = (conn.schema or "").strip().lower() or "https"
+        if scheme not in ("http", "https"):
+            raise VonageStudioConfigError(
+                f"connection {conn.conn_id!r}: field 'schema' is {conn.schema!r}; use http or https "
+                "(or put the full base URL in 'host')"
+            )
+        base = f"{scheme}://{host.rstrip('/')}"
+    if conn.port and base.count(":") < 2:
+        base = f"{base}:{conn.port}"
+    if not base.startswith(("http://", "https://")):
+        raise VonageStudioConfigError(
+            f"connection {conn.conn_id!r}: field 'host' must be a URL starting with http:// or https://"
+        )
+    return base
+
+
+class _Retry(Exception):
+    """Internal: an attempt failed in a way that is safe to try again."""
+
+    def __init__(self, error: VonageStudioError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+class VonageStudioHook(BaseHook):
+    """Talk to Vonage AI Studio: place calls, test the key, read Insights.
+
+    :param vonage_studio_conn_id: Airflow connection of type ``vonage_studio``.
+    :param timeout: read timeout in seconds; overrides the connection's ``timeout`` extra (default 30).
+    :param store: the :class:`~airflow_provider_vonage_studio.store.CallStore` for the ledger and pacing;
+        defaults to the configured store (``[vonage_studio] store_url``).
+    :param max_attempts: attempts per request for retryable failures (connect errors, 429, 502/503/504).
+    :param max_retry_seconds: total time budget of those attempts.
+    :param retry_backoff: first back-off in seconds (doubled each attempt, jittered, capped at 30 s).
+    :param pace: reserve a shared slot before each dial (leave on; off only for isolated unit tests).
+    """
+
+    conn_name_attr = "vonage_studio_conn_id"
+    default_conn_name = "vonage_studio_default"
+    conn_type = "vonage_studio"
+    hook_name = "Vonage AI Studio"
+
+    def __init__(
+        self,
+        vonage_studio_conn_id: str = default_conn_name,
+        *,
+        timeout: float | None = None,
+        store: CallStore | None = None,
+        max_attempts: int = 6,
+        max_retry_seconds: float = 120.0,
+        retry_backoff: float = 0.5,
+        pace: bool = True,
+    ) -> None:
+        super().__init__()
+        self.vonage_studio_conn_id = vonage_studio_conn_id
+        self._timeout = timeout
+        self._store = store
+        self.max_attempts = max_attempts
+        self.max_retry_seconds = max_retry_seconds
+        self.retry_backoff = retry_backoff
+        self.pace = pace
+        self.rate_limited_count = 0
+        # Indirection so tests can observe the waits without sleeping.
+        self._sleep: Callable[[float], None] = time.sleep
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------------
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form (Airflow 3.1 reads these; >= 3.2 reads conn-fields)."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, PasswordField, StringField
+        from wtforms.validators import AnyOf, Optional
+
+        # Airflow 3.1 accepts only String/Integer/Password/Boolean fields here (no select).
+        return {
+            "region": StringField(
+                lazy_gettext("Region (eu or us)"),
+                validators=[Optional(), AnyOf(["eu", "us"])],
+                widget=BS3TextFieldWidget(),
+                default="eu",
+            ),
+            "calls_per_second": IntegerField(
+                lazy_gettext("Calls per second (1, 3 or 5)"),
+                validators=[Optional(), AnyOf([1, 3, 5])],
+                widget=BS3TextFieldWidget(),
+                default=1,
+            ),
+            "pace_scope": StringField(
+                lazy_gettext("Pacing scope (agent or key)"),
+                validators=[Optional(), AnyOf(["agent", "key"])],
+                widget=BS3TextFieldWidget(),
+                default="agent",
+            ),
+            "callback_base_url": StringField(lazy_gettext("Callback base URL"), widget=BS3TextFieldWidget()),
+            "callback_secret": PasswordField(
+                lazy_gettext("Callback secret"), widget=BS3PasswordFieldWidget()
+            ),
+            "timeout": StringField(lazy_gettext("Timeout (s)"), widget=BS3TextFieldWidget(), default="30"),
+        }
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Relabel and hide the generic fields (Airflow 3.1; >= 3.2 reads ui-field-behaviour)."""
+        from airflow_provider_vonage_studio import get_provider_info
+
+        behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+        return {
+            "hidden_fields": behaviour["hidden-fields"],
+            "relabeling": behaviour["relabeling"],
+            "placeholders": behaviour["placeholders"],
+        }
+
+    @cached_property
+    def config(self) -> ConnectionConfig:
+        """The parsed connection. Registers the key and secret with Airflow's log masker."""
+        conn = self.get_connection(self.vonage_studio_conn_id)
+        config = parse_connection(conn, timeout=self._timeout)
+        _mask(config.api_key)
+        if config.callback_secret:
+            _mask(config.callback_secret)
+        return config
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One HTTP session per hook: keep-alive across the calls of a batch."""
+        import requests
+
+        from airflow_provider_vonage_studio import __version__
+
+        session = requests.Session()
+        session.headers.update(
+            {
+                "X-Vgai-Key": self.config.api_key,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"airflow-provider-vonage-studio/{__version__}",
+            }
+        )
+        return session
+
+    def get_conn(self) -> requests.Session:
+        """The hook's ``requests.Session`` (Airflow's conventional accessor)."""
+        return self.session
+
+    @property
+    def store(self) -> CallStore:
+        """The call store (ledger, statuses, pacing slots), opened on first use."""
+        if self._store is None:
+            from airflow_provider_vonage_studio.store import CallStore
+
+            self._store = CallStore.default()
+        return self._store
+
+    def status_url_for(self, call_ref: str) -> str | None:
+        """``<callback_base_url>/calls/<signed token>/status`` when the connection has both
+        ``callback_base_url`` and ``callback_secret``, else ``None``."""
+        cfg = self.config
+        if not (cfg.callback_base_url and cfg.callback_secret):
+            return None
+        from airflow_provider_vonage_studio.callbacks.tokens import build_status_url
+
+        return build_status_url(cfg.callback_base_url, call_ref, cfg.callback_secret)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key without placing a call. Never raises.
+
+        Sends ``POST /telephony/make-call`` with an empty JSON object: no ``agent_id`` and no
+        ``to``, so nothing can be dialed. AI Studio checks ``X-Vgai-Key`` before the body, so
+        401 means the key was refused; any other 4xx means the key was accepted and only the
+        (deliberately empty) body was refused.
+        """
+        import requests
+
+        try:
+            cfg = self.config
+            resp = self.session.post(
+                cfg.base_url + MAKE_CALL_PATH, data=b"{}", timeout=(CONNECT_TIMEOUT, min(cfg.timeout, 30.0))
+            )
+        except VonageStudioError as exc:
+            return False, exc.message
+        except requests.RequestException as exc:
+            return False, f"could not reach {self._safe_base()}: {type(exc).__name__}"
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        if resp.status_code == 401:
+            return False, "AI Studio refused the API key (401 Not Authorised)"
+        if resp.status_code == 429:
+            return True, "API key accepted (the agent is at its call limit right now: 429)"
+        if 400 <= resp.status_code < 500:
+            return (
+                True,
+                f"API key accepted by {cfg.base_url} (probe without destination answered {resp.status_code})",
+            )
+        if resp.status_code < 300:
+            # Should not happen: an empty body cannot name a destination.
+            return True, f"API key accepted by {cfg.base_url}"
+        return False, f"{cfg.base_url} answered {resp.status_code}: {_error_message(resp)}"
+
+    def _safe_base(self) -> str:
+        try:
+            return self.config.base_url
+        except Exception:
+            return "AI Studio"
+
+    # -- make-call ----------------------------------------------------------------------------
+
+    def make_call(
+        self,
+        to: str,
+        agent_id: str,
+        *,
+        session_parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        status_url: str | None = None,
+        hangup_on_answer_machine: bool | None = None,
+        call_ref: str | None = None,
+        default_country: str | None = None,
+        strict_parameter_names: bool = True,
+        redial_unknown: bool = False,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        map_index: int = -1,
+        recipient_key: str | None = None,
+        extra_do_not_call: Sequence[str] = (),
+    ) -> CallResult:
+        """Place one outbound call from ``agent_id`` to ``to``.
+
+        Inputs are validated before anything is written or sent. With a ``call_ref`` the call
+        goes through the exactly-once ledger: a call already ``placed`` returns its earlier
+        result without a request; one ``rejected`` raises the same error again; one whose
+        outcome is ``unknown`` (or still ``pending`` from a killed try) raises
+        :class:`CallOutcomeUnknown` unless ``redial_unknown=True``.
+
+        :raises InvalidDestination: ``to`` is not a possible number or SIP URI.
+        :raises InvalidSessionParameter: a parameter name or value breaks AI Studio's rules.
+        :raises DoNotCall: the destination is on the do-not-call list.
+        :raises VonageStudioBadRequest: 400. :raises VonageStudioAuthError: 401.
+        :raises VonageStudioAgentNotFound: 404. :raises VonageStudioRateLimited: 429 after retries.
+        :raises VonageStudioServerError: 5xx. :raises VonageStudioConnectionError: unreachable.
+        :raises CallOutcomeUnknown: the request was sent and no answer came back.
+        """
+        from airflow_provider_vonage_studio.destinations import normalize_destination, redact
+        from airflow_provider_vonage_studio.params import normalize_session_parameters
+
+        if not isinstance(agent_id, str) or not agent_id.strip():
+            raise VonageStudioConfigError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        agent_id = agent_id.strip()
+        destination = normalize_destination(to, default_country=default_country)
+        params = normalize_session_parameters(session_parameters, strict_names=strict_parameter_names)
+        if hangup_on_answer_machine is not None and not isinstance(hangup_on_answer_machine, bool):
+            raise VonageStudioConfigError(
+                f"hangup_on_answer_machine must be true or false, got {hangup_on_answer_machine!r}"
+            )
+        if status_url is not None and not str(status_url).startswith(("http://", "https://")):
+            raise VonageStudioConfigError("status_url must be an http:// or https:// URL")
+        body: dict[str, Any] = {"agent_id": agent_id, "to": destination}
+        if status_url:
+            body["status_url"] = status_url
+        if hangup_on_answer_machine is not None:
+            body["hangup_on_answer_machine"] = hangup_on_answer_machine
+        if params:
+            body["session_parameters"] = params
+        self.config  # noqa: B018 -- a broken connection fails here, before the ledger is touched
+
+        if call_ref is None:
+            self._check_do_not_call(destination, extra_do_not_call)
+            return self._post_call(body, call_ref=None, status_url=status_url)
+
+        store = self.store
+        earlier = store.get_call(call_ref)
+        if earlier is None:
+            self._check_do_not_call(destination, extra_do_not_call)
+            created, earlier = store.begin_call(
+                call_ref,
+                agent_id=agent_id,
+                destination=destination,
+                dag_id=dag_id,
+                run_id=run_id,
+                task_id=task_id,
+                map_index=map_index,
+                recipient_key=recipient_key,
+            )
+            if created:
+                return self._dial_recorded(body, call_ref, status_url)
+        # Another try (or a concurrent one) already owns this call_ref.
+        if earlier.destination != destination or earlier.agent_id != agent_id:
+            raise VonageStudioConfigError(
+                f"call_ref {call_ref} was used earlier for {redact(earlier.destination)} from agent "
+                f"{earlier.agent_id!r}; a retry must dial the same call. Use a new call_key to call "
+                "someone else."
+            )
+        state = earlier.state.value
+        if state == "placed":
+            self.log.info("Call %s was placed on an earlier try; not dialing again.", call_ref)
+            return _result_from_record(earlier, status_url)
+        if state == "rejected":
+            err = error_for(earlier.error_status, earlier.error_message or "rejected earlier")
+            if not err.retryable:
+                self.log.info("Call %s was refused by AI Studio on an earlier try; not dialing.", call_ref)
+                raise err
+        elif not redial_unknown:
+            raise CallOutcomeUnknown(
+                f"call {call_ref} to {redact(destination)} was sent on an earlier try and its outcome is "
+                f"unknown ({state}): it may or may not have rung, so it is not dialed again. Check the "
+                "agent's history; to call again on purpose set redial_unknown=True or use a new call_key."
+            )
+        # Definitely not dialed (retryable refusal) or explicitly asked to redial.
+        self._check_do_not_call(destination, extra_do_not_call)
+        from airflow_provider_vonage_studio.store import CallStateConflict
+
+        try:
+            store.restart_call(call_ref, expected=earlier)
+        except CallStateConflict:
+            raise CallOutcomeUnknown(
+                f"call {call_ref} to {redact(destination)} changed while this try decided to redial "
+                "(another try is dialing it): not dialing twice"
+            ) from None
+        return self._dial_recorded(body, call_ref, status_url)
+
+    def _check_do_not_call(self, destination: str, extra: Sequence[str]) -> None:
+        from airflow_provider_vonage_studio.destinations import normalize_destination, redact
+
+        extra_norm = set()
+        for number in extra:
+            try:
+                extra_norm.add(normalize_destination(number))
+            except VonageStudioError:
+                extra_norm.add(str(number))
+        if destination in extra_norm or self.store.dnc_filter([destination]):
+            raise DoNotCall(f"{redact(destination)} is on the do-not-call list; not dialed")
+
+    def _dial_recorded(self, body: dict[str, Any], call_ref: str, status_url: str | None) -> CallResult:
+        store = self.store
+        try:
+            result = self._post_call(body, call_ref=call_ref, status_url=status_url)
+        except CallOutcomeUnknown as exc:
+            store.mark_unknown(call_ref, exc.message)
+            raise
+        except VonageStudioError as exc:
+            store.mark_rejected(call_ref, exc.status, exc.message)
+            raise
+        except BaseException as exc:
+            # Anything else (a bug, a kill signal turned exception) after the row went pending:
+            # we cannot know whether the request left, so the row says so.
+            store.mark_unknown(call_ref, f"{type(exc).__name__} while dialing")
+            raise
+        store.mark_placed(call_ref, result.session_id, result.session_start_time)
+        return result
+
+    def _post_call(self, body: dict[str, Any], *, call_ref: str | None, status_url: str | None) -> CallResult:
+        from airflow_provider_vonage_studio.callbacks.tokens import elide_token
+        from airflow_provider_vonage_studio.destinations import redact
+
+        self.log.info(
+            "Dialing %s from agent %s (call_ref=%s, status_url=%s)",
+            redact(body["to"]),
+            body["agent_id"],
+            call_ref,
+            elide_token(status_url) if status_url else None,
+        )
+
+        def attempt() -> requests.Response:
+            if self.pace:
+                self._wait_for_slot(body["agent_id"])
+            return self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
+
+        resp = self._with_retries(attempt, what=f"make-call to {redact(body['to'])}")
+        data = _json(resp)
+        try:
+            session_id = str(data["session_id"])
+            start = parse_api_time(str(data["session_start_time"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            # The call was placed (2xx) but the answer is unusable: the outcome is known to be
+            # "dialed", so this must not be retried as if nothing happened.
+            raise CallOutcomeUnknown(
+                f"AI Studio answered {resp.status_code} without a usable session_id/session_start_time "
+                f"(keys: {sorted(data) if isinstance(data, dict) else type(data).__name__})"
+            ) from exc
+        self.log.info("Placed call %s: session %s", call_ref or "(no ref)", session_id)
+        return CallResult(
+            session_id=session_id,
+            session_start_time=start,
+            call_ref=call_ref,
+            to=body["to"],
+            agent_id=body["agent_id"],
+            status_url=status_url,
+        )
+
+    def pacing_key(self, agent_id: str) -> str:
+        """The shared slot a dial must reserve: per agent, or per key with ``pace_scope=key``."""
+        cfg = self.config
+        if cfg.pace_scope == "key":
+            fingerprint = hashlib.sha256(cfg.api_key.encode()).hexdigest()[:16]
+            return f"{cfg.base_url}|key:{fingerprint}"
+        return f"{cfg.base_url}|agent:{agent_id}"
+
+    def _wait_for_slot(self, agent_id: str) -> None:
+        interval = 1.0 / self.config.calls_per_second
+        slot = self.store.reserve_slot(self.pacing_key(agent_id), interval)
+        delay = slot - time.time()
+        if delay > 0:
+            self._sleep(delay)
+
+    # -- HTTP plumbing --------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        idempotent: bool,
+    ) -> requests.Response:
+        """One HTTP attempt, classified: returns a 2xx response, raises ``_Retry`` for what may be
+        tried again, or the final :class:`VonageStudioError`."""
+        import requests
+
+        cfg = self.config
+        url = cfg.base_url + path
+        try:
+            resp = self.session.request(
+                method, url, json=json, params=params, timeout=(CONNECT_TIMEOUT, cfg.timeout)
+            )
+        except requests.exceptions.ConnectTimeout as exc:
+            raise _Retry(VonageStudioConnectionError(f"timed out connecting to {cfg.base_url}")) from exc
+        except requests.exceptions.ReadTimeout as exc:
+            if idempotent:
+                raise _Retry(
+                    VonageStudioConnectionError(f"no answer from {cfg.base_url} within {cfg.timeout:g}s")
+                ) from exc
+            raise CallOutcomeUnknown(
+                f"the request reached {cfg.base_url} but no answer came within {cfg.timeout:g}s: the call "
+                "may or may not have been placed, so it is not retried"
+            ) from exc
+        except requests.exceptions.ConnectionError as exc:
+            # Refused, reset or closed without a single byte of response: the request did not reach
+            # the application (typically a keep-alive connection the server had already closed).
+            raise _Retry(
+                VonageStudioConnectionError(f"could not reach {cfg.base_url}: {_reason(exc)}")
+            ) from exc
+        if resp.status_code < 300:
+            return resp
+        message = _error_message(resp)
+        error = error_for(resp.status_code, message, insights=path.startswith("/insights"))
+        if resp.status_code == 429:
+            with self._lock:
+                self.rate_limited_count += 1
+            self.log.warning(
+                "AI Studio answered 429 (rate limited, #%d in this hook)", self.rate_limited_count
+            )
+            raise _Retry(error, _retry_after(resp))
+        if error.retryable and resp.status_code in RETRYABLE_STATUSES:
+            raise _Retry(error, _retry_after(resp))
+        raise error
+
+    def _with_retries(self, attempt: Callable[[], requests.Response], *, what: str) -> requests.Response:
+        """Run ``attempt`` under the retry policy: jittered exponential back-off, ``Retry-After``
+        honoured, bounded by ``max_attempts`` and ``max_retry_seconds``."""
+        from tenacity import (
+            RetryCallState,
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            stop_after_delay,
+            wait_random_exponential,
+        )
+
+        backoff = wait_random_exponential(multiplier=self.retry_backoff, max=30)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _Retry) and exc.retry_after is not None:
+                return min(exc.retry_after, 60.0)
+            return float(backoff(state))
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.log.warning(
+                "%s: attempt %d failed (%s); retrying in %.2fs",
+                what,
+                state.attempt_number,
+                exc,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retry),
+            wait=wait,
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
+            sleep=lambda seconds: self._sleep(seconds),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Retry as exc:
+            raise exc.error from None
+
+    # -- Insights ---------------------------------------------------------------------------------
+
+    def get_session_parameters(
+        self, session_id: str, session_start_time: datetime | date | str
+    ) -> dict[str, str]:
+        """What the conversation collected: ``GET /insights/sessions/{id}/parameters``.
+
+        :raises SessionNotFound: 404 — unknown, or not indexed yet (normal right after a call).
+        :raises VonageStudioAuthError: 401 — bad key, or parameters the API refused.
+        """
+        if not session_id or not str(session_id).strip():
+            raise VonageStudioConfigError("session_id must be a non-empty string")
+        start = _iso_param(session_start_time, "session_start_time")
+        resp = self._with_retries(
+            lambda: self._send(
+                "GET",
+                f"/insights/sessions/{_quote(session_id)}/parameters",
+                params={"session_start_time": start},
+                idempotent=True,
+            ),
+            what="get session parameters",
+        )
+        return parse_parameters_body(_json(resp))
+
+    def search_sessions(
+        self,
+        from_date: datetime | str,
+        to_date: datetime | str,
+        *,
+        filter_by: Mapping[str, Any] | None = None,
+        sort_by: str | Sequence[str] | None = None,
+        project_fields: Sequence[str] | None = None,
+        page_size: int = 100,
+        split_range: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Sessions between ``from_date`` and ``to_date``, page by page, lazily.
+
+        :raises VonageStudioConfigError: the range is reversed, or longer than 60 days without
+            ``split_range=True`` (then it is searched in consecutive windows of at most 60 days).
+        """
+        start = _aware(from_date, "from_date")
+        end = _aware(to_date, "to_date")
+        if end < start:
+            raise VonageStudioConfigError("to_date is before from_date")
+        if not 1 <= int(page_size) <= 1000:
+            raise VonageStudioConfigError(f"page_size must be between 1 and 1000, got {page_size!r}")
+        if end - start > INSIGHTS_MAX_RANGE and not split_range:
+            raise VonageStudioConfigError(
+                f"from_date..to_date spans {(end - start).days} days; AI Studio searches at most 60 days "
+                "at once. Narrow the range or pass split_range=True."
+            )
+        windows: list[tuple[datetime, datetime]] = []
+        cursor = start
+        while True:
+            window_end = min(cursor + INSIGHTS_MAX_RANGE, end)
+            windows.append((cursor, window_end))
+            if window_end >= end:
+                break
+            cursor = window_end
+        return self._search_pages(windows, filter_by, sort_by, project_fields, int(page_size))
+
+    def _search_pages(
+        self,
+        windows: list[tuple[datetime, datetime]],
+        filter_by: Mapping[str, Any] | None,
+        sort_by: str | Sequence[str] | None,
+        project_fields: Sequence[str] | None,
+        page_size: int,
+    ) -> Iterator[dict[str, Any]]:
+        import json as jsonlib
+
+        for index, (start, end) in enumerate(windows):
+            page = 0
+            while True:
+                params: list[tuple[str, Any]] = [
+                    ("from_date", _fmt_dt(start)),
+                    ("to_date", _fmt_dt(end)),
+                    ("page_number", page),
+                    ("page_size", page_size),
+                ]
+                if sort_by:
+                    params.append(("sort_by", sort_by if isinstance(sort_by, str) else ",".join(sort_by)))
+                for field in project_fields or ():
+                    params.append(("project_fields", field))
+                if filter_by:
+                    params.append(("filter_by", jsonlib.dumps(filter_by, separators=(",", ":"))))
+                resp = self._with_retries(
+                    lambda query=params: self._send(  # type: ignore[misc]
+                        "GET", "/insights/sessions", params=query, idempotent=True
+                    ),
+                    what=f"search sessions page {page}",
+                )
+                sessions, total = parse_search_body(_json(resp))
+                last_window = index == len(windows) - 1
+                for session in sessions:
+                    # Consecutive windows share their boundary instant; skip it in the earlier one.
+                    if not last_window and _session_at(session) == end:
+                        continue
+                    yield session
+                page += 1
+                if len(sessions) < page_size or (total is not None and page * page_size >= total):
+                    break
+
+
+# -- pure helpers (module level so they can be tested directly) ---------------------------------------
+
+
+def error_for(status: int | None, message: str, *, insights: bool = False) -> VonageStudioError:
+    """Map an API status and message to the provider's exception class."""
+    if status == 400:
+        return VonageStudioBadRequest(message, status)
+    if status == 401:
+        return VonageStudioAuthError(message, status)
+    if status == 404:
+        return SessionNotFound(message, status) if insights else VonageStudioAgentNotFound(message, status)
+    if status == 429:
+        return VonageStudioRateLimited(message, status)
+    if status is not None and status >= 500:
+        retryable = status in RETRYABLE_STATUSES and PRECONFIGURED_SESSION_MESSAGE not in message
+        return VonageStudioServerError(message, status, retryable=retryable)
+    if status is None:
+        return VonageStudioConnectionError(message)
+    return VonageStudioError(message, status)
+
+
+def parse_api_time(value: str) -> datetime:
+    """AI Studio's timestamps are naive ISO-8601 in UTC; return an aware UTC datetime."""
+    text = value.strip().replace("Z", "+00:00")
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def parse_parameters_body(data: Any) -> dict[str, str]:
+    """Session parameters from an undocumented body: a list of ``{name, value}``, a mapping,
+    or either nested under a single key.
+
+    :raises VonageStudioError: for any other shape, naming the keys and types seen (never values).
+    """
+    original = data
+    for _ in range(2):
+        if isinstance(data, list):
+            if all(isinstance(item, Mapping) and "name" in item for item in data):
+                return {str(item["name"]): _str(item.get("value")) for item in data}
+            break
+        if isinstance(data, Mapping):
+            if len(data) == 1:
+                (only,) = data.values()
+                if isinstance(only, (list, Mapping)):
+                    data = only
+                    continue
+            if data and all(isinstance(v, (str, int, float, bool)) or v is None for v in data.values()):
+                return {str(k): _str(v) for k, v in data.items()}
+            if not data:
+                return {}
+        break
+    raise VonageStudioError(f"unexpected shape of session parameters from AI Studio: {_shape(original)}")
+
+
+def parse_search_body(data: Any) -> tuple[list[dict[str, Any]], int | None]:
+    """Sessions and total from an undocumented search body: a bare list, or a list under one
+    key with an optional numeric total (``total``/``count``/``total_count``/...).
+
+    :raises VonageStudioError: for any other shape, naming the keys and types seen (never values).
+    """
+    if isinstance(data, list) and all(isinstance(item, Mapping) for item in data):
+        return [dict(item) for item in data], None
+    if isinstance(data, Mapping):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) == 1 and all(isinstance(item, Mapping) for item in data[lists[0]]):
+            total = None
+            for key in ("total", "count", "total_count", "totalCount", "total_sessions", "total_elements"):
+                value = data.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total = value
+                    break
+            return [dict(item) for item in data[lists[0]]], total
+        if not lists and not data:
+            return [], 0
+    raise VonageStudioError(f"unexpected shape of session search results from AI Studio: {_shape(data)}")
+
+
+def _shape(data: Any) -> str:
+    if isinstance(data, Mapping):
+        return "object with keys " + ", ".join(f"{k!s}: {type(v).__name__}" for k, v in data.items())
+    if isinstance(data, list):
+        kinds = sorted({type(item).__name__ for item in data})
+        return f"list of {len(data)} ({', '.join(kinds) or 'empty'})"
+    return type(data).__name__
+
+
+def _str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _session_at(session: Mapping[str, Any]) -> datetime | None:
+    value = session.get("session_start_time")
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_api_time(value)
+    except ValueError:
+        return None
+
+
+def _aware(value: datetime | date | str, field: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise VonageStudioConfigError(f"{field} {value!r} is not an ISO-8601 date or datetime") from exc
+    if not isinstance(value, datetime):
+        if isinstance(value, date):
+            value = datetime(value.year, value.month, value.day)
+        else:
+            raise VonageStudioConfigError(f"{field} must be a datetime or ISO-8601 string")
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _fmt_dt(value: datetime) -> str:
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def _iso_param(value: datetime | date | str, field: str) -> str:
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            return date.fromisoformat(value.strip()).isoformat()
+        except ValueError as exc:
+            raise VonageStudioConfigError(f"{field} {value!r} is not an ISO-8601 date") from exc
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value.isoformat()
+    return _fmt_dt(_aware(value, field))
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value).strip(), safe="")
+
+
+def _json(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise VonageStudioError(
+            f"AI Studio answered {resp.status_code} with a body that is not JSON", resp.status_code
+        ) from exc
+
+
+def _error_message(resp: requests.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        text = (resp.text or "").strip()
+        return text[:200] or resp.reason or f"HTTP {resp.status_code}"
+    if isinstance(data, Mapping):
+        for key in ("message", "detail", "error"):
+            if isinstance(data.get(key), str):
+                return str(data[key])
+    return resp.reason or f"HTTP {resp.status_code}"
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "RemoteDisconnected", "Connection aborted"):
+        if marker in text:
+            return marker
+    return type(exc).__name__
+
+
+def _result_from_record(record: CallRecord, status_url: str | None) -> CallResult:
+    if record.session_id is None or record.session_start_time is None:
+        raise CallOutcomeUnknown(f"call {record.call_ref} is marked placed but has no session recorded")
+    return CallResult(
+        session_id=record.session_id,
+        session_start_time=record.session_start_time,
+        call_ref=record.call_ref,
+        to=record.destination,
+        agent_id=record.agent_id,
+        status_url=status_url,
+    )
+
+
+def _mask(secret: str) -> None:
+    try:
+        from airflow.providers.common.compat.sdk import mask_secret
+
+        mask_secret(secret)
+    except Exception:  # masking is best effort outside a task (e.g. a plain script)
+        log.debug("could not register a secret with the log masker")
+
+
+__all__ = ["CallResult", "ConnectionConfig", "VonageStudioHook", "error_for", "parse_connection"]
