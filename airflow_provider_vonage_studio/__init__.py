@@ -24,8 +24,8 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-vonage-studio",
         "name": "Vonage AI Studio",
-        "description": "Place outbound calls from Vonage AI Studio virtual agents, wait for their outcome "
-        "and read what the conversation collected.",
+        "description": "Place outbound calls from Vonage AI Studio virtual agents, wait for their "
+        "outcome and read what the conversation collected.",
         "versions": [__version__],
         "integrations": [
             {
@@ -53,7 +53,7 @@ def get_provider_info() -> dict[str, Any]:
                     "hidden-fields": ["schema", "login", "port", "extra"],
                     "relabeling": {"password": "API key (X-Vgai-Key)", "host": "Base URL override"},
                     "placeholders": {
-                        "host": "leave empty for the region's host; e.g. http://127.0.0.1:8765 for the emulator",
+                        "host": "empty: the region's host; http://127.0.0.1:8765 for the emulator",
                         "password": "key from AI Studio: user icon > Generate API Key",
                     },
                 },
@@ -66,9 +66,9 @@ def get_provider_info() -> dict[str, Any]:
                 "description": "Settings of the Vonage AI Studio provider.",
                 "options": {
                     "store_url": {
-                        "description": "SQLAlchemy URL of the call store (call ledger, statuses, pacing "
-                        "slots, do-not-call list). Every worker, the triggerer and the callback receiver must "
-                        "share it: keep the SQLite default on one machine, use PostgreSQL "
+                        "description": "SQLAlchemy URL of the call store (call ledger, statuses, "
+                        "pacing slots, do-not-call list). Every worker, the triggerer and the callback "
+                        "receiver must share it: keep the SQLite default on one machine, use PostgreSQL "
                         "(postgresql+psycopg://...) when tasks run on several machines. Default: "
                         "sqlite:///<AIRFLOW_HOME>/vonage_studio.db",
                         "version_added": "0.1.0",

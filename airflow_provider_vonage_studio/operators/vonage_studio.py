@@ -9,8 +9,9 @@ This module is imported when DAG files are parsed, so it imports nothing heavy a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator, default_deferrable
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
@@ -24,6 +25,7 @@ from airflow_provider_vonage_studio.outcome import (
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio._compat import Context
+    from airflow_provider_vonage_studio.batch import BatchDialer, BatchReport, Recipient
     from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
 
 
@@ -77,6 +79,12 @@ class MakeCallOperator(BaseOperator):
     :param deferrable: with ``wait_for_status``: wait in the triggerer rather than in the worker
         (the call itself is always placed here, in the worker). Default:
         ``[operators] default_deferrable``.
+    :param calling_window: ``("09:00", "20:00")`` local hours in which the callee may be phoned,
+        or ``True`` for 08:00-21:00 (``None``: any time). Outside it the task defers until the
+        window opens (a date-time trigger, no worker slot held) and then dials; it never fails
+        because it is night. A call already placed (or refused) on an earlier try never waits.
+    :param timezone: zone of the window when the number does not map to exactly one zone
+        (``phonenumbers``' data; SIP URIs never do). Default ``"UTC"``.
 
     Returns (XCom) a JSON-safe dict: ``session_id``, ``session_start_time`` (ISO-8601 UTC),
     ``call_ref``, ``agent_id`` and the redacted ``to``. With ``wait_for_status`` the same dict
@@ -85,7 +93,7 @@ class MakeCallOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("to", "agent_id", "session_parameters", "status_url", "call_key")
-    template_fields_renderers = {"session_parameters": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"session_parameters": "json"}
     ui_color = "#c9b8f5"
 
     def __init__(
@@ -108,6 +116,8 @@ class MakeCallOperator(BaseOperator):
         fail_on: Iterable[str] | None = FAILURE_STATUSES,
         poke_interval: float = 5.0,
         deferrable: bool | None = None,
+        calling_window: Sequence[str] | bool | None = None,
+        timezone: str = "UTC",
         **kwargs: Any,
     ) -> None:
         # Each field of the result also becomes an XCom of its own, so that
@@ -131,6 +141,12 @@ class MakeCallOperator(BaseOperator):
         self.redial_unknown = redial_unknown
         self.do_not_call = tuple(do_not_call)
         self.timeout = timeout
+        from airflow_provider_vonage_studio.windows import parse_calling_window
+
+        # Checked here so that a malformed window fails when the DAG is parsed, not at night.
+        parse_calling_window(calling_window)
+        self.calling_window = calling_window
+        self.timezone = timezone
 
     @property
     def hook(self) -> VonageStudioHook:
@@ -155,6 +171,7 @@ class MakeCallOperator(BaseOperator):
         hook = self.hook
         call_ref = self.call_ref(context)
         try:
+            self.defer_outside_calling_window(hook, call_ref)
             status_url = self.status_url or hook.status_url_for(call_ref)
             if self.wait_for_status and not status_url:
                 # Without a status_url no failure can ever be reported, and every call would
@@ -229,3 +246,586 @@ class MakeCallOperator(BaseOperator):
         event = raise_for_trigger_event(event)
         self.log.info("Call %s ended: %s", event.get("call_ref"), event["call_status"])
         return {**(call or {}), "status": event["call_status"]}
+
+    # -- calling window (MakeCallOperator) -------------------------------------------------------
+
+    def defer_outside_calling_window(self, hook: VonageStudioHook, call_ref: str) -> None:
+        """Defer the task until the callee's calling window opens, if it is closed now.
+
+        Returns at once when there is no window or it is open, when the number is malformed (the
+        hook then refuses it without waiting), or when the ledger shows this call will not be
+        dialed anyway (placed, refused or of unknown outcome on an earlier try). The zone is the
+        one ``phonenumbers`` gives for the number when there is exactly one, else ``timezone``.
+
+        :raises TaskDeferred: the window is closed (resumes in :meth:`execute_in_window`).
+        :raises VonageStudioConfigError: ``timezone`` is not a known zone.
+        """
+        from airflow_provider_vonage_studio.windows import parse_calling_window
+
+        window = parse_calling_window(self.calling_window)
+        if window is None:
+            return
+        from airflow_provider_vonage_studio.batch import dial_window_opening, recipient_timezone, would_dial
+        from airflow_provider_vonage_studio.destinations import normalize_destination, redact
+
+        try:
+            destination = normalize_destination(self.to, default_country=self.default_country)
+        except VonageStudioError:
+            return
+        record = hook.store.get_call(call_ref)
+        if record is not None and not would_dial(record, self.redial_unknown):
+            return
+        zone = recipient_timezone(destination, None, self.timezone)
+        opening = dial_window_opening(_utcnow(), window, zone)
+        if opening is None:
+            return
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        self.log.info(
+            "Calling window %s-%s (%s) of %s is closed; deferring the call until %s (no worker slot held)",
+            window[0].isoformat(),
+            window[1].isoformat(),
+            zone,
+            redact(destination),
+            opening.isoformat(),
+        )
+        self.defer(trigger=DateTimeTrigger(moment=opening), method_name="execute_in_window")
+
+    def execute_in_window(self, context: Context, event: Any = None) -> dict[str, Any]:
+        """Resume when the calling window opens: check it again and dial, here in the worker
+        (a trigger never places a call)."""
+        return self.execute(context)
+
+
+def _utcnow() -> datetime:
+    """The current time (aware UTC); tests replace it to move the calling-window clock."""
+    return datetime.now(dt_timezone.utc)
+
+
+# ----------------------------------------------------------------------------- MakeCallsOperator
+
+
+class MakeCallsOperator(BaseOperator):
+    """Dial a list of recipients from one task: paced, exactly once per recipient, with progress.
+
+    Each recipient is dialed through the hook, so all calls share the agent's pacing slots with
+    every other task using the same call store, and each has its own ``call_ref``
+    (``make_call_ref(dag_id, run_id, task_id, map_index, key=...)`` with ``"key:<key>"`` for a
+    recipient with a ``key``, else ``"to:<normalised destination>"``, prefixed ``"<call_key>/"``
+    when ``call_key`` is set). A retried (or cleared) task therefore resumes where the earlier
+    try stopped: recipients already placed are not dialed again, calls whose outcome is unknown
+    (the try died mid-request) are reported ``unknown`` and not dialed again. To call the same
+    people again on purpose, start a new DAG run or set a new ``call_key``.
+
+    :param recipients: list of numbers / SIP URIs, or of mappings with ``to`` and optional
+        ``session_parameters`` (merged over the batch's by name), ``key`` (what identifies the
+        recipient across retries; default the normalised number) and ``timezone`` (IANA name for
+        the calling window). Typically an upstream task's output. Templated.
+    :param agent_id: the published agent that makes the calls. Templated.
+    :param session_parameters: parameters for every call (mapping or the API's list). Templated.
+    :param hangup_on_answer_machine: AI Studio's beta answering-machine hang-up, for every call.
+    :param vonage_studio_conn_id: the ``vonage_studio`` connection.
+    :param default_country: ISO country (``"GB"``) for numbers typed without a country code.
+    :param strict_parameter_names: refuse parameter names that break AI Studio's ``UPPER_CASE`` rule.
+    :param call_key: mixed into every ``call_ref``; change it to dial the list again on purpose
+        within one DAG run. Templated.
+    :param redial_unknown: dial again calls whose earlier outcome is unknown (they may have rung).
+    :param do_not_call: extra numbers never to dial, on top of the store's do-not-call list
+        (``airflow vonage-studio dnc add``). Such recipients are ``skipped`` (``do-not-call``).
+    :param calling_window: ``("09:00", "20:00")`` local hours in which a callee may be phoned, or
+        ``True`` for 08:00-21:00. Recipients outside their window are deferred (a date-time
+        trigger, no worker slot held) and dialed when it opens; the task never fails because it
+        is night. ``None`` (default): no window.
+    :param timezone: zone of the calling window for recipients without a ``timezone`` whose
+        number does not map to exactly one zone (default ``"UTC"``).
+    :param fail_on_rejected: fail the task at the end when any recipient was rejected or has an
+        unknown outcome (default). The results are then pushed under the XCom key ``results``.
+    :param timeout: read timeout of each API request in seconds (default: the connection's, 30).
+    :param wait_for_status: after dialing, wait until every placed call has its final status
+        (one trigger, or one polling loop, for the whole batch); results then carry ``status``.
+        Needs the connection's ``callback_base_url`` and ``callback_secret``.
+    :param answer_window: with ``wait_for_status``: timedelta or seconds without a failure report
+        after which a call counts as ``answered`` (default 90 s).
+    :param fail_on: with ``wait_for_status``: final statuses that fail the task at the end
+        (default ``()``: statuses are only reported).
+    :param poke_interval: with ``wait_for_status``: seconds between checks of the call store.
+    :param deferrable: with ``wait_for_status``: wait in the triggerer. Default:
+        ``[operators] default_deferrable``.
+    :param progress_interval: seconds between progress lines (done/total, rate, ETA) in the log.
+
+    Returns (XCom) a JSON-safe list, one dict per recipient in the given order: ``index``,
+    ``to`` (redacted), ``key``, ``call_ref``, ``result`` (``placed``, ``rejected``, ``skipped``
+    or ``unknown``), ``reason`` (``duplicate``, ``do-not-call``, the API's or the validation's
+    message), ``session_id``, ``session_start_time`` (ISO-8601 UTC), plus ``duplicate_of`` for
+    duplicates and ``status`` with ``wait_for_status``.
+
+    :raises AirflowFailException: bad arguments (before any call); at the end, recipients
+        rejected / unknown (with ``fail_on_rejected``) or statuses in ``fail_on``; the key or the
+        agent refused by AI Studio (the batch stops dialing).
+    :raises VonageStudioError: retryable: 429s, 5xx or connection failures outlasted the hook's
+        retries; the batch stops and a task retry resumes it.
+    """
+
+    template_fields: Sequence[str] = ("recipients", "agent_id", "session_parameters", "call_key")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"recipients": "json", "session_parameters": "json"}
+    ui_color = "#b8d8f5"
+
+    def __init__(
+        self,
+        *,
+        recipients: Any,
+        agent_id: str,
+        session_parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        hangup_on_answer_machine: bool | None = None,
+        vonage_studio_conn_id: str = "vonage_studio_default",
+        default_country: str | None = None,
+        strict_parameter_names: bool = True,
+        call_key: str | None = None,
+        redial_unknown: bool = False,
+        do_not_call: Sequence[str] = (),
+        calling_window: Sequence[str] | bool | None = None,
+        timezone: str = "UTC",
+        fail_on_rejected: bool = True,
+        timeout: float | None = None,
+        wait_for_status: bool = False,
+        answer_window: timedelta | float = DEFAULT_ANSWER_WINDOW,
+        fail_on: Iterable[str] | None = (),
+        poke_interval: float = 5.0,
+        deferrable: bool | None = None,
+        progress_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        from airflow_provider_vonage_studio.windows import parse_calling_window
+
+        # Checked here so that a malformed window fails when the DAG is parsed, not at night.
+        parse_calling_window(calling_window)
+        self.recipients = recipients
+        self.agent_id = agent_id
+        self.session_parameters = session_parameters
+        self.hangup_on_answer_machine = hangup_on_answer_machine
+        self.vonage_studio_conn_id = vonage_studio_conn_id
+        self.default_country = default_country
+        self.strict_parameter_names = strict_parameter_names
+        self.call_key = call_key
+        self.redial_unknown = redial_unknown
+        self.do_not_call = tuple(do_not_call)
+        self.calling_window = calling_window
+        self.timezone = timezone
+        self.fail_on_rejected = bool(fail_on_rejected)
+        self.timeout = timeout
+        self.wait_for_status = bool(wait_for_status)
+        self.answer_window = normalize_answer_window(answer_window)
+        self.fail_on = normalize_fail_on(fail_on)
+        self.poke_interval = normalize_interval(poke_interval, "poke_interval")
+        self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
+        self.progress_interval = normalize_interval(progress_interval, "progress_interval")
+
+    @property
+    def hook(self) -> VonageStudioHook:
+        from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
+
+        return VonageStudioHook(self.vonage_studio_conn_id, timeout=self.timeout)
+
+    def dialer(self, hook: VonageStudioHook, context: Context) -> BatchDialer:
+        """The batch dialer for this task instance (same call_refs on every try)."""
+        from airflow_provider_vonage_studio.batch import BatchDialer
+        from airflow_provider_vonage_studio.windows import parse_calling_window
+
+        return BatchDialer(
+            hook,
+            self.agent_id,
+            **ti_identity(context),
+            call_key=None if self.call_key in (None, "") else str(self.call_key),
+            hangup_on_answer_machine=self.hangup_on_answer_machine,
+            redial_unknown=self.redial_unknown,
+            do_not_call=self.do_not_call,
+            default_country=self.default_country,
+            calling_window=parse_calling_window(self.calling_window),
+            progress_interval=self.progress_interval,
+            logger=self.log,
+        )
+
+    def plan(self) -> list[Recipient]:
+        """The rendered recipients, checked and normalised (no request, no store access).
+
+        :raises VonageStudioConfigError: ``recipients`` is not a list, ``timezone`` is unknown.
+        :raises InvalidSessionParameter: the batch-wide ``session_parameters`` are malformed.
+        """
+        from airflow_provider_vonage_studio.batch import plan_recipients
+        from airflow_provider_vonage_studio.windows import parse_calling_window
+
+        return plan_recipients(
+            self.recipients,
+            default_country=self.default_country,
+            session_parameters=self.session_parameters,
+            strict_parameter_names=self.strict_parameter_names,
+            calling_window=parse_calling_window(self.calling_window),
+            timezone_name=self.timezone,
+        )
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        return self._dial(context)
+
+    def execute_after_window(self, context: Context, event: Any = None) -> list[dict[str, Any]]:
+        """Resume when the earliest deferred recipient's calling window opens: dial on.
+
+        The recipients are rendered again and the ledger says who was placed, so nothing about
+        them travels through the trigger (no numbers in the trigger table).
+        """
+        return self._dial(context)
+
+    def _dial(self, context: Context) -> list[dict[str, Any]]:
+        from airflow_provider_vonage_studio.batch import ResultKind
+
+        hook = self.hook
+        try:
+            if self.wait_for_status and not (hook.config.callback_base_url and hook.config.callback_secret):
+                raise VonageStudioConfigError(
+                    "wait_for_status=True needs a status_url for every call: set extra 'callback_base_url' "
+                    f"and 'callback_secret' on connection {self.vonage_studio_conn_id!r}"
+                )
+            plan = self.plan()
+            self.log.info(
+                "Dialing %d recipient(s) from agent %s at up to %d call(s)/s",
+                len(plan),
+                self.agent_id,
+                hook.config.calls_per_second,
+            )
+            report = self.dialer(hook, context).run(plan)
+        except VonageStudioError as exc:
+            raise fail_task(exc) from exc
+        self._log_report(report)
+        if report.stopped is not None:
+            self.log.error("The batch stopped dialing: %s", report.stopped)
+            context["ti"].xcom_push(key="results", value=report.to_list())
+            raise fail_task(report.stopped) from report.stopped
+        if report.next_opening is not None:
+            from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+            waiting = report.counts()[ResultKind.DEFERRED.value]
+            self.log.info(
+                "%d recipient(s) are outside their calling window; deferring until %s, when the first "
+                "window opens (no worker slot is held meanwhile)",
+                waiting,
+                report.next_opening.isoformat(),
+            )
+            self.defer(
+                trigger=DateTimeTrigger(moment=report.next_opening),
+                method_name="execute_after_window",
+            )
+        refs = report.placed_refs()
+        if not (self.wait_for_status and refs):
+            return self._finish(context, report, None)
+        if self.deferrable:
+            from airflow_provider_vonage_studio.triggers.vonage_studio import CallStatusTrigger
+
+            self.log.info("Deferring the wait for the status of %d call(s) to the triggerer", len(refs))
+            # fail_on=() so that every status comes back; this operator's fail_on is applied at the end.
+            self.defer(
+                trigger=CallStatusTrigger(
+                    call_refs=refs,
+                    answer_window=self.answer_window,
+                    fail_on=(),
+                    poll_interval=self.poke_interval,
+                ),
+                method_name="execute_complete",
+            )
+        from airflow_provider_vonage_studio.batch import wait_for_statuses
+
+        statuses = wait_for_statuses(
+            hook.store,
+            refs,
+            answer_window=self.answer_window,
+            poll_interval=self.poke_interval,
+            logger=self.log,
+        )
+        return self._finish(context, report, statuses)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Resume after the status trigger: report every recipient from the ledger (never dials)."""
+        if not isinstance(event, dict) or "call_statuses" not in event:
+            raise AirflowFailException(f"the call status trigger ended without a usable event: {event!r}")
+        statuses: dict[str, tuple[str | None, str | None]] = {
+            ref: (status, None) for ref, status in (event.get("call_statuses") or {}).items()
+        }
+        for ref, error in (event.get("errors") or {}).items():
+            statuses[ref] = ((error or {}).get("call_status"), (error or {}).get("message"))
+        try:
+            report = self.dialer(self.hook, context).run(self.plan(), dial=False)
+        except VonageStudioError as exc:
+            raise fail_task(exc) from exc
+        return self._finish(context, report, statuses)
+
+    def _log_report(self, report: BatchReport) -> None:
+        self.log.info("Batch pass done: %s; %d dial(s) sent", report.summary(), report.dialed)
+        # The pacing slots should keep AI Studio from ever answering 429; when it does (another
+        # client on the same agent, a limit lower than the connection says) it shows here.
+        self.log.info(
+            "AI Studio answered 429 (rate limited) %d time(s) in this pass; each was absorbed by back-off",
+            report.rate_limited,
+        )
+
+    def _finish(
+        self,
+        context: Context,
+        report: BatchReport,
+        statuses: Mapping[str, tuple[str | None, str | None]] | None,
+    ) -> list[dict[str, Any]]:
+        from dataclasses import replace
+
+        from airflow_provider_vonage_studio.batch import ResultKind
+
+        results = list(report.results)
+        if statuses is not None:
+            for position, result in enumerate(results):
+                status, why = statuses.get(result.call_ref or "", (None, None))
+                if result.result is not ResultKind.PLACED:
+                    status, why = None, None
+                results[position] = replace(
+                    result, with_status=True, status=status, reason=result.reason or why
+                )
+        failed = [r for r in results if r.result in (ResultKind.REJECTED, ResultKind.UNKNOWN)]
+        bad_status = [r for r in results if r.status is not None and r.status in self.fail_on]
+        data = [r.to_dict() for r in results]
+        if (self.fail_on_rejected and failed) or bad_status:
+            context["ti"].xcom_push(key="results", value=data)
+            problems = []
+            if self.fail_on_rejected and failed:
+                problems.append(
+                    f"{len(failed)} recipient(s) rejected or of unknown outcome (e.g. "
+                    + "; ".join(f"#{r.index} {r.to}: {r.result.value}: {r.reason}" for r in failed[:3])
+                    + ")"
+                )
+            if bad_status:
+                problems.append(
+                    f"{len(bad_status)} call(s) ended with a status in fail_on={list(self.fail_on)!r}"
+                )
+            hint = "; pass fail_on_rejected=False to succeed anyway" if failed else ""
+            raise AirflowFailException(
+                f"MakeCallsOperator: {' and '.join(problems)}; {report.summary()}. Per-recipient results "
+                f"are in the XCom 'results'{hint}"
+            )
+        return data
+
+
+# ----------------------------------------------------------------------------- ExportSessionsOperator
+
+#: Protocols of object storage that is a local filesystem: there a temporary sibling can be
+#: renamed over the final file atomically. Object stores have no rename (it is copy + delete)
+#: but replace a whole object atomically on upload, so they are written directly.
+_LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+class ExportSessionsOperator(BaseOperator):
+    """Export AI Studio sessions (Insights search) of a time window as JSON Lines to object storage.
+
+    One line per session, exactly as the API returned it (field names, numbers and phone
+    numbers unchanged: **exports contain personal data** — destination numbers and what
+    callers said; choose the destination, its access and retention accordingly). Sessions are
+    fetched page by page and written as they arrive, so memory stays at about one page
+    whatever the window holds.
+
+    Re-running the same window overwrites the same object: on a local filesystem the file is
+    written to a temporary sibling and renamed over the target (atomic); on object stores
+    (``s3://``, ``gs://``, ...) the object is uploaded to its final key, which replaces the old
+    object atomically when the upload completes.
+
+    :param destination: where to write, as an Airflow ``ObjectStoragePath`` URL:
+        ``file:///data/sessions/{{ ds }}.jsonl``, ``s3://bucket/sessions/{{ ds }}.jsonl``, ...
+        Templated. Put the window in the name so each interval has its own object.
+    :param conn_id: Airflow connection of the storage (e.g. ``aws_default`` for ``s3://``);
+        ``None`` for the local filesystem or the storage's own defaults.
+    :param from_date: window start (ISO string or datetime; naive means UTC). Templated.
+        Default (with ``to_date``): the DAG run's data interval, as
+        ``{{ data_interval_start }}``/``{{ data_interval_end }}`` would give.
+    :param to_date: window end. Templated. Windows are half-open (``[from_date, to_date)``) like
+        data intervals, so consecutive runs never export a session twice; set
+        ``include_to_date=True`` to include sessions starting exactly at ``to_date``.
+    :param lookback: for runs without a usable data interval (a manual run has none, or an
+        empty one): export ``[anchor - lookback, anchor)``, where the anchor is the run's
+        ``data_interval_end``, logical date or ``run_after`` (stable across re-runs of that
+        run). ``None`` fails such runs instead, asking for ``from_date``/``to_date``.
+    :param filter_by: Elasticsearch-style bool query (``{"bool": {"must": [...]}}``) or its JSON.
+        Templated.
+    :param sort_by: ``"attribute:asc|desc"`` items. Default ``session_start_time:asc``: a stable
+        order keeps paging consistent and re-runs byte-identical. Templated.
+    :param project_fields: only these fields (``["id", "session_start_time", ...]``). Templated.
+    :param page_size: sessions per request (default 100; at most 1000).
+    :param split_range: allow windows over 60 days (searched in 60-day parts); else refused.
+    :param include_to_date: include sessions starting exactly at ``to_date``.
+    :param vonage_studio_conn_id: the ``vonage_studio`` connection.
+
+    Returns (XCom) ``{"rows": N, "path": "<destination URL>", "from_date": ..., "to_date": ...}``
+    (the window as ISO strings).
+
+    :raises AirflowFailException: a malformed window or ``filter_by``, a window over 60 days
+        without ``split_range``, a run without data interval and ``lookback=None``, or an API
+        refusal (401: bad key or query). Retryable errors (API unreachable) are raised as is.
+    """
+
+    template_fields: Sequence[str] = (
+        "destination",
+        "from_date",
+        "to_date",
+        "filter_by",
+        "sort_by",
+        "project_fields",
+    )
+    ui_color = "#b8d8f5"
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        conn_id: str | None = None,
+        from_date: Any = None,
+        to_date: Any = None,
+        lookback: timedelta | None = timedelta(days=1),
+        filter_by: Mapping[str, Any] | str | None = None,
+        sort_by: str | Sequence[str] | None = "session_start_time:asc",
+        project_fields: str | Sequence[str] | None = None,
+        page_size: int = 100,
+        split_range: bool = False,
+        include_to_date: bool = False,
+        vonage_studio_conn_id: str = "vonage_studio_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # Checked here so a typo fails at DAG parse time.
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise VonageStudioConfigError(f"page_size: expected an integer 1..1000, got {page_size!r}")
+        if lookback is not None and (not isinstance(lookback, timedelta) or lookback <= timedelta(0)):
+            raise VonageStudioConfigError(
+                f"lookback: expected a positive timedelta or None, got {lookback!r}"
+            )
+        if (from_date is None) != (to_date is None):
+            raise VonageStudioConfigError("from_date and to_date: give both, or neither (the data interval)")
+        self.destination = destination
+        self.conn_id = conn_id
+        self.from_date = from_date
+        self.to_date = to_date
+        self.lookback = lookback
+        self.filter_by = filter_by
+        self.sort_by = sort_by
+        self.project_fields = project_fields
+        self.page_size = page_size
+        self.split_range = bool(split_range)
+        self.include_to_date = bool(include_to_date)
+        self.vonage_studio_conn_id = vonage_studio_conn_id
+
+    def window(self, context: Context) -> tuple[Any, Any]:
+        """The (rendered) window to export: the arguments, the data interval, or the lookback.
+
+        :raises VonageStudioConfigError: only one bound given, or no usable data interval and
+            ``lookback=None``.
+        """
+        from datetime import datetime, timezone
+
+        given = [value not in (None, "") for value in (self.from_date, self.to_date)]
+        if all(given):
+            return self.from_date, self.to_date
+        if any(given):
+            raise VonageStudioConfigError(
+                "from_date and to_date: both rendered, or neither (the data interval)"
+            )
+        start = context.get("data_interval_start")
+        end = context.get("data_interval_end")
+        if start is not None and end is not None and end > start:
+            return start, end
+        # A manual or asset-triggered run has no data interval (or start == end in Airflow 3).
+        if self.lookback is None:
+            raise VonageStudioConfigError(
+                "this run has no data interval to export (a manual run?) and lookback=None: pass "
+                "from_date and to_date"
+            )
+        dag_run = context.get("dag_run")
+        anchor = end or context.get("logical_date") or getattr(dag_run, "run_after", None)
+        if anchor is None:
+            anchor = datetime.now(timezone.utc)
+        self.log.warning(
+            "This run has no data interval; exporting the %s before %s (lookback). Pass from_date and "
+            "to_date to choose the window.",
+            self.lookback,
+            anchor.isoformat(),
+        )
+        return anchor - self.lookback, anchor
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import json
+
+        from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+        from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook, _aware
+
+        try:
+            start, end = self.window(context)
+            # Normalised here (not only in the hook) so the returned window says what was searched.
+            start, end = _aware(start, "from_date"), _aware(end, "to_date")
+            filter_by = self.filter_by
+            if isinstance(filter_by, str):
+                try:
+                    filter_by = json.loads(filter_by) if filter_by.strip() else None
+                except ValueError as exc:
+                    raise VonageStudioConfigError(f"filter_by: not valid JSON ({exc})") from None
+            if filter_by is not None and not isinstance(filter_by, Mapping):
+                raise VonageStudioConfigError(
+                    f"filter_by: expected a bool query object, got {type(filter_by).__name__}"
+                )
+            sessions = VonageStudioHook(self.vonage_studio_conn_id).search_sessions(
+                start,
+                end,
+                filter_by=filter_by,
+                sort_by=self.sort_by or None,
+                project_fields=self.project_fields or None,
+                page_size=self.page_size,
+                split_range=self.split_range,
+                include_to_date=self.include_to_date,
+            )
+            if not isinstance(self.destination, str) or not self.destination.strip():
+                raise VonageStudioConfigError(
+                    f"destination: expected a path or URL, got {self.destination!r}"
+                )
+            path = ObjectStoragePath(self.destination.strip(), conn_id=self.conn_id)
+            self.log.info("Exporting sessions %s .. %s to %s", start.isoformat(), end.isoformat(), str(path))
+            rows = self._write(path, sessions)
+        except VonageStudioError as exc:
+            raise fail_task(exc) from exc
+        self.log.info("Exported %d session(s) to %s", rows, str(path))
+        return {"rows": rows, "path": str(path), "from_date": start.isoformat(), "to_date": end.isoformat()}
+
+    def _write(self, path: Any, sessions: Iterable[Mapping[str, Any]]) -> int:
+        """Stream ``sessions`` into ``path`` as JSON Lines; returns the number of lines."""
+        import os
+        import uuid
+
+        local = path.protocol in _LOCAL_PROTOCOLS
+        if not local:
+            return self._write_lines(path, sessions)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A hidden sibling, unique per attempt: a concurrent or killed try never leaves a
+        # half-written file under the final name.
+        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            rows = self._write_lines(temporary, sessions)
+            os.replace(temporary.path, path.path)  # atomic, and overwrites an earlier export
+        except BaseException:
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                self.log.warning("Could not remove the temporary file %s", str(temporary))
+            raise
+        return rows
+
+    @staticmethod
+    def _write_lines(path: Any, sessions: Iterable[Mapping[str, Any]]) -> int:
+        import json
+
+        rows = 0
+        with path.open("wb") as handle:
+            for session in sessions:
+                # Compact, non-ASCII kept as UTF-8; the API's JSON is re-encoded unchanged.
+                line = json.dumps(session, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+                handle.write(line.encode("utf-8") + b"\n")
+                rows += 1
+        return rows

@@ -1,0 +1,368 @@
+"""What became of a call: the one check shared by sensors, triggers and waiting operators.
+
+AI Studio never reports "answered": it posts to ``status_url`` only when the callee did not
+pick up (``cancelled``, ``rejected``, ``busy``, ``timeout``, ``failed``). So a call's outcome
+is decided from its row in the call store:
+
+* a failure status was recorded → that status (the first one wins, see the store);
+* no status, and ``answer_window`` has passed since ``session_start_time`` → ``answered``;
+* otherwise → not decided yet, keep waiting.
+
+:func:`evaluate_call` is a pure function over a
+:class:`~airflow_provider_vonage_studio.store.CallRecord`, so the poke-mode sensor, the
+deferrable trigger and ``MakeCallOperator(wait_for_status=True)`` cannot drift apart. This
+module imports neither Airflow nor SQLAlchemy at top level: operator and sensor modules
+import it while DAG files are parsed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_vonage_studio.exceptions import (
+    CallFailed,
+    CallOutcomeUnknown,
+    CallRejectedEarlier,
+    UnknownCall,
+    VonageStudioConfigError,
+    VonageStudioError,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_vonage_studio.store import CallRecord, CallStore
+
+__all__ = [
+    "ANSWERED",
+    "DEFAULT_ANSWER_WINDOW",
+    "FAILURE_STATUSES",
+    "FINAL_STATUSES",
+    "PENDING_TIMEOUT",
+    "CallOutcome",
+    "answer_deadline",
+    "check_call",
+    "error_event",
+    "error_from_event",
+    "evaluate_call",
+    "normalize_answer_window",
+    "normalize_fail_on",
+    "normalize_interval",
+    "open_store",
+    "wait_for_call",
+]
+
+#: The status inferred when no failure callback arrived within the answer window.
+ANSWERED = "answered"
+
+#: Statuses AI Studio posts to ``status_url``. The same tuple as
+#: ``store.FAILURE_STATUSES``; repeated here so that importing this module (at DAG parse
+#: time) does not import SQLAlchemy. A unit test keeps the two equal.
+FAILURE_STATUSES: tuple[str, ...] = ("cancelled", "rejected", "busy", "timeout", "failed")
+
+#: Every status a finished call can end with.
+FINAL_STATUSES: tuple[str, ...] = (ANSWERED, *FAILURE_STATUSES)
+
+#: Default ``answer_window``. Carriers and AI Studio give up ringing after about 60 s and
+#: post ``timeout`` shortly after; 90 s leaves room for that callback to arrive before a
+#: silent call is taken as answered.
+DEFAULT_ANSWER_WINDOW = timedelta(seconds=90)
+
+#: How long a call may stay ``pending`` (row written, dial not finished) before waiting for
+#: it is pointless. The hook spends at most ~2 min on retries and a pacing slot is seconds
+#: away, so a row still pending after 10 min belongs to a placing task that was killed
+#: mid-request: nobody will ever complete it.
+PENDING_TIMEOUT = timedelta(minutes=10)
+
+# open_store's cache of explicitly named stores (CallStore.default() caches the configured one).
+_STORES: dict[str, CallStore] = {}
+_STORES_LOCK = threading.Lock()
+
+_MEANING = {
+    "cancelled": "cancelled by the caller before it was answered",
+    "rejected": "rejected by the destination",
+    "busy": "the callee was busy",
+    "timeout": "nobody answered before the ring timeout",
+    "failed": "the call failed before reaching the destination",
+    ANSWERED: "no failure reported within the answer window",
+}
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """The final status of one call.
+
+    ``status`` is ``"answered"`` or one of :data:`FAILURE_STATUSES`; ``inferred`` is true
+    when ``answered`` was inferred from the absence of a failure callback (AI Studio never
+    confirms an answer); ``status_at`` is the callback's timestamp, or the end of the answer
+    window for an inferred ``answered``.
+    """
+
+    call_ref: str
+    status: str
+    inferred: bool
+    status_at: datetime | None
+
+    @property
+    def answered(self) -> bool:
+        """Whether the callee (probably) picked up."""
+        return self.status == ANSWERED
+
+    def describe(self) -> str:
+        """One line for logs: ``busy (the callee was busy)``."""
+        return f"{self.status} ({_MEANING.get(self.status, 'status reported by AI Studio')})"
+
+
+def normalize_fail_on(fail_on: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``fail_on`` as a tuple of failure statuses, in the order given, duplicates dropped.
+
+    A single string is one status (``"busy"``), ``None`` or an empty iterable means "fail on
+    nothing" (the status is returned for branching).
+
+    :raises VonageStudioConfigError: naming ``fail_on`` for a value that is not one of
+        :data:`FAILURE_STATUSES`.
+    """
+    if fail_on is None:
+        return ()
+    items = (fail_on,) if isinstance(fail_on, str) else tuple(fail_on)
+    bad = [item for item in items if not isinstance(item, str) or item not in FAILURE_STATUSES]
+    if bad:
+        raise VonageStudioConfigError(
+            f"fail_on: {bad!r} is not a call failure status; expected any of {', '.join(FAILURE_STATUSES)} "
+            "(or () to return every status instead of failing)"
+        )
+    return tuple(dict.fromkeys(items))
+
+
+def normalize_answer_window(answer_window: timedelta | float | int) -> timedelta:
+    """``answer_window`` as a ``timedelta`` (numbers are seconds).
+
+    :raises VonageStudioConfigError: naming ``answer_window`` for a negative or non-numeric value.
+    """
+    if isinstance(answer_window, timedelta):
+        window = answer_window
+    elif isinstance(answer_window, (int, float)) and not isinstance(answer_window, bool):
+        window = timedelta(seconds=float(answer_window))
+    else:
+        raise VonageStudioConfigError(
+            f"answer_window: expected a timedelta or a number of seconds, got {type(answer_window).__name__}"
+        )
+    if window < timedelta(0):
+        raise VonageStudioConfigError(f"answer_window: must not be negative, got {window}")
+    return window
+
+
+def normalize_interval(value: float, field: str = "poll_interval") -> float:
+    """A polling interval in seconds, as a float.
+
+    :raises VonageStudioConfigError: naming ``field`` for a value that is not a number > 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise VonageStudioConfigError(f"{field}: must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def answer_deadline(record: CallRecord, answer_window: timedelta) -> datetime | None:
+    """When a silent placed call counts as answered; ``None`` unless the call is placed."""
+    if record.state != "placed":
+        return None
+    # mark_placed always sets session_start_time; updated_at (the moment it was marked
+    # placed) is a safe stand-in should a row ever lack it.
+    start = record.session_start_time or record.updated_at
+    return start + answer_window
+
+
+def evaluate_call(
+    record: CallRecord | None,
+    *,
+    now: datetime,
+    answer_window: timedelta,
+    fail_on: Iterable[str] = FAILURE_STATUSES,
+    call_ref: str | None = None,
+    pending_timeout: timedelta = PENDING_TIMEOUT,
+) -> CallOutcome | None:
+    """Decide a call's outcome from its ledger row; ``None`` means "not decided yet".
+
+    :param record: the row (``None`` when the store has no such call).
+    :param now: the current time, timezone-aware.
+    :param answer_window: how long after ``session_start_time`` a call without a failure
+        callback counts as ``answered``.
+    :param fail_on: final statuses that raise :class:`CallFailed` instead of being returned.
+    :param call_ref: names the call in errors when ``record`` is ``None``.
+    :param pending_timeout: how long a ``pending`` row may wait for its dial to complete.
+
+    :raises UnknownCall: no such call in the store (waiting would never end).
+    :raises CallRejectedEarlier: AI Studio refused the call when it was placed: nothing rang.
+    :raises CallOutcomeUnknown: the dial's answer never came back (state ``unknown``), or the
+        row stayed ``pending`` longer than ``pending_timeout``: whether it rang is unknown.
+    :raises CallFailed: the final status is in ``fail_on`` (``.call_status`` holds it).
+    """
+    fail_on = normalize_fail_on(fail_on)
+    if record is None:
+        raise UnknownCall(
+            f"call_ref {call_ref or '(empty)'!r}: no such call in the call store. It must be placed by "
+            "MakeCallOperator/MakeCallsOperator (pass e.g. make_call.output['call_ref']), and the task "
+            "that waits must use the same [vonage_studio] store_url as the one that dialed."
+        )
+    ref = record.call_ref
+    state = record.state
+    if state == "pending":
+        waited = now - record.updated_at
+        if waited > pending_timeout:
+            raise CallOutcomeUnknown(
+                f"call {ref} has been 'pending' for {_human(waited)}: the placing task started the dial "
+                "but never recorded AI Studio's answer (it was probably killed mid-request), so whether "
+                "the phone rang is unknown and no status will come"
+            )
+        return None
+    if state == "rejected":
+        raise CallRejectedEarlier(
+            f"call {ref} was refused by AI Studio when it was placed "
+            f"({record.error_status or 'no status'}: {record.error_message or 'no message'}); "
+            "nothing rang, so there is no status to wait for",
+            record.error_status,
+        )
+    if state == "unknown":
+        raise CallOutcomeUnknown(
+            f"call {ref}: the dial request was sent but no answer came back "
+            f"({record.error_message or 'no details'}); whether the phone rang is unknown, so there is "
+            "no status to wait for"
+        )
+    if state != "placed":  # pragma: no cover - CallState has no other members
+        raise VonageStudioError(f"call {ref}: unexpected ledger state {state!r}")
+
+    outcome: CallOutcome | None = None
+    if record.status:
+        # The store keeps the first status as the call's status; later ones are history.
+        outcome = CallOutcome(ref, record.status, inferred=False, status_at=record.status_at)
+    else:
+        deadline = answer_deadline(record, answer_window)
+        if deadline is not None and now >= deadline:
+            outcome = CallOutcome(ref, ANSWERED, inferred=True, status_at=deadline)
+    if outcome is not None and outcome.status in fail_on:
+        raise CallFailed(
+            f"call {ref} ended with status {outcome.describe()}; it is listed in fail_on="
+            f"{fail_on!r}. Pass fail_on=() to receive the status (e.g. to branch on it) instead.",
+            outcome.status,
+        )
+    return outcome
+
+
+def open_store(store_url: str | None = None) -> CallStore:
+    """The call store at ``store_url`` (``None``: the configured one), shared per process."""
+    from airflow_provider_vonage_studio.store import CallStore
+
+    if store_url is None:
+        return CallStore.default()
+    with _STORES_LOCK:
+        store = _STORES.get(store_url)
+        if store is None:
+            store = _STORES[store_url] = CallStore(store_url)
+        return store
+
+
+def check_call(
+    store: CallStore,
+    call_ref: str,
+    *,
+    answer_window: timedelta,
+    fail_on: Iterable[str] = FAILURE_STATUSES,
+    now: datetime | None = None,
+) -> CallOutcome | None:
+    """Read ``call_ref``'s row and :func:`evaluate_call` it (same errors)."""
+    record = store.get_call(call_ref)
+    return evaluate_call(
+        record,
+        now=now or datetime.now(timezone.utc),
+        answer_window=answer_window,
+        fail_on=fail_on,
+        call_ref=call_ref,
+    )
+
+
+def wait_for_call(
+    store: CallStore,
+    call_ref: str,
+    *,
+    answer_window: timedelta,
+    fail_on: Iterable[str] = FAILURE_STATUSES,
+    poll_interval: float = 5.0,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Callable[..., Any] | None = None,
+) -> CallOutcome:
+    """Block until ``call_ref`` has an outcome, polling the store every ``poll_interval`` s.
+
+    A failure callback can end the wait at any poll; when only the answer window is left to
+    run out, the wait wakes exactly at its end rather than up to one interval later.
+
+    :raises TimeoutError: ``timeout`` seconds passed without an outcome.
+    :raises: everything :func:`evaluate_call` raises.
+    """
+    started = time.monotonic()
+    while True:
+        now = datetime.now(timezone.utc)
+        record = store.get_call(call_ref)
+        outcome = evaluate_call(
+            record, now=now, answer_window=answer_window, fail_on=fail_on, call_ref=call_ref
+        )
+        if outcome is not None:
+            return outcome
+        delay = poll_interval
+        deadline = answer_deadline(record, answer_window) if record is not None else None
+        if deadline is not None:
+            delay = min(delay, max((deadline - now).total_seconds(), 0.0) + 0.01)
+        if timeout is not None:
+            left = timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise TimeoutError(f"call {call_ref}: no outcome within {timeout:g}s")
+            delay = min(delay, left)
+        if log is not None:
+            log("Call %s: no outcome yet; checking again in %.1fs", call_ref, delay)
+        sleep(delay)
+
+
+# --------------------------------------------------------------------- trigger events
+
+# Errors a trigger event may name; anything else comes back as the base class.
+_EVENT_ERRORS: dict[str, type[VonageStudioError]] = {
+    cls.__name__: cls
+    for cls in (UnknownCall, CallFailed, CallRejectedEarlier, CallOutcomeUnknown, VonageStudioError)
+}
+
+
+def error_event(exc: VonageStudioError, call_ref: str | None = None) -> dict[str, Any]:
+    """The JSON-safe description of ``exc`` that travels in a ``TriggerEvent``."""
+    event: dict[str, Any] = {
+        "status": "error",
+        "message": exc.message,
+        "error_type": type(exc).__name__,
+        "error_status": exc.status,
+    }
+    if call_ref is not None:
+        event["call_ref"] = call_ref
+    if isinstance(exc, CallFailed):
+        event["call_status"] = exc.call_status
+    return event
+
+
+def error_from_event(event: Mapping[str, Any]) -> VonageStudioError:
+    """Rebuild the error an ``error`` event describes (the inverse of :func:`error_event`)."""
+    message = str(event.get("message") or "the call status trigger reported an error")
+    cls = _EVENT_ERRORS.get(str(event.get("error_type")), VonageStudioError)
+    if cls is CallFailed:
+        return CallFailed(message, str(event.get("call_status") or ""))
+    status = event.get("error_status")
+    return cls(message, status if isinstance(status, int) else None)
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

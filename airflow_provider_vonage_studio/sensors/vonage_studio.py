@@ -1,0 +1,486 @@
+"""Sensors that wait for what happened to a Vonage AI Studio call.
+
+This module is imported when DAG files are parsed: it imports neither SQLAlchemy nor the
+trigger machinery at top level (both load inside ``execute``/``poke``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_vonage_studio._compat import AirflowException, BaseSensorOperator, default_deferrable
+from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
+from airflow_provider_vonage_studio.operators.vonage_studio import fail_task
+from airflow_provider_vonage_studio.outcome import (
+    DEFAULT_ANSWER_WINDOW,
+    FAILURE_STATUSES,
+    CallOutcome,
+    check_call,
+    error_from_event,
+    normalize_answer_window,
+    normalize_fail_on,
+    open_store,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import PokeReturnValue
+
+    from airflow_provider_vonage_studio._compat import Context
+
+__all__ = ["CallStatusSensor", "check_call_status", "raise_for_trigger_event", "resolve_call_ref"]
+
+
+def resolve_call_ref(value: Any) -> str:
+    """The call_ref a (rendered) ``call_ref`` argument names.
+
+    Accepts the string itself or the whole dict ``MakeCallOperator`` returns (so both
+    ``make_call.output["call_ref"]`` and ``make_call.output`` work).
+
+    :raises AirflowFailException: for anything else (an empty value, a dict without ``call_ref``).
+    """
+    if isinstance(value, Mapping):
+        value = value.get("call_ref")
+    if not isinstance(value, str) or not value.strip():
+        raise fail_task(
+            VonageStudioConfigError(
+                "call_ref: expected the call_ref of a placed call (e.g. make_call.output['call_ref']), "
+                f"got {value!r}"
+            )
+        )
+    return value.strip()
+
+
+def check_call_status(
+    call_ref: str | Mapping[str, Any],
+    *,
+    answer_window: timedelta,
+    fail_on: Iterable[str],
+    store_url: str | None = None,
+) -> CallOutcome | None:
+    """One check of ``call_ref`` against the store, errors turned into task failures.
+
+    Shared by the sensors of this module. Returns the outcome, or ``None`` to keep waiting.
+
+    :raises AirflowFailException: for an unknown call, a call refused or of unknown outcome
+        at placement, or a final status in ``fail_on`` (re-running cannot change any of them).
+    """
+    ref = resolve_call_ref(call_ref)
+    try:
+        return check_call(open_store(store_url), ref, answer_window=answer_window, fail_on=fail_on)
+    except VonageStudioError as exc:
+        raise fail_task(exc) from exc
+
+
+def raise_for_trigger_event(event: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a ``success`` event from :class:`CallStatusTrigger`; raise for anything else.
+
+    :raises AirflowFailException: for an ``error`` event naming a non-retryable error.
+    :raises VonageStudioError: for a retryable one (e.g. the store could not be read).
+    :raises AirflowException: when no event arrived.
+    """
+    if not event:
+        raise AirflowException("the call status trigger ended without an event")
+    if event.get("status") != "success":
+        raise fail_task(error_from_event(event))
+    return event
+
+
+class CallStatusSensor(BaseSensorOperator):
+    """Wait until a placed call has its final status, and return it.
+
+    AI Studio reports only calls that were *not* picked up (``cancelled``, ``rejected``,
+    ``busy``, ``timeout``, ``failed``, posted to the call's ``status_url`` and recorded by
+    the provider's callback receiver). A call with no such report ``answer_window`` after
+    it started is taken as ``answered``.
+
+    :param call_ref: the call to watch. Templated; typically ``make_call.output["call_ref"]``
+        (``MakeCallOperator`` pushes each field of its result as an XCom of its own), or
+        ``make_call.output`` (the whole result dict), or
+        ``"{{ ti.xcom_pull(task_ids='make_call')['call_ref'] }}"``.
+    :param answer_window: timedelta or seconds after ``session_start_time`` without a failure
+        report after which the call counts as ``answered``. Default 90 s: a little over the
+        usual ~60 s ring timeout, so a ``timeout`` callback has time to arrive. Too short
+        turns late failure reports into false ``answered``; longer only delays the verdict.
+    :param fail_on: final statuses that fail the task (default: all five failure statuses).
+        ``()`` returns every status instead, for branching. A failure is final: the task is
+        failed without retries, since re-checking a finished call cannot change it (call
+        again with a new ``call_key`` on the placing task instead).
+    :param store_url: the call store; default ``[vonage_studio] store_url`` (which workers,
+        triggerer and callback receiver must share).
+    :param deferrable: wait in the triggerer (:class:`CallStatusTrigger`) instead of a worker
+        slot. Default: ``[operators] default_deferrable``.
+    :param poke_interval: seconds between checks (default 5), in every mode.
+
+    Returns (and pushes to XCom) the final status: ``"answered"`` or the reported failure.
+
+    :raises AirflowFailException: ``call_ref`` names no call in the store (never an endless
+        wait), the call was refused or its outcome is unknown since placement, or the status
+        is in ``fail_on``.
+    """
+
+    template_fields: Sequence[str] = ("call_ref",)
+    ui_color = "#dcd0f7"
+
+    def __init__(
+        self,
+        *,
+        call_ref: str | Mapping[str, Any],
+        answer_window: timedelta | float = DEFAULT_ANSWER_WINDOW,
+        fail_on: Iterable[str] | None = FAILURE_STATUSES,
+        store_url: str | None = None,
+        deferrable: bool | None = None,
+        poke_interval: timedelta | float = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, **kwargs)
+        self.call_ref = call_ref
+        # Checked here so a typo fails at DAG parse time, not after a call was placed.
+        self.answer_window = normalize_answer_window(answer_window)
+        self.fail_on = normalize_fail_on(fail_on)
+        self.store_url = store_url
+        self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
+
+    def check(self) -> CallOutcome | None:
+        """One check of :attr:`call_ref` (see :func:`check_call_status`)."""
+        return check_call_status(
+            self.call_ref, answer_window=self.answer_window, fail_on=self.fail_on, store_url=self.store_url
+        )
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        from airflow.sdk import PokeReturnValue
+
+        outcome = self.check()
+        if outcome is None:
+            self.log.info("Call %s: no final status yet", resolve_call_ref(self.call_ref))
+            return False
+        self.log.info("Call %s ended: %s", outcome.call_ref, outcome.describe())
+        return PokeReturnValue(is_done=True, xcom_value=outcome.status)
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        # A first check in the worker: a call that already ended needs no trip to the triggerer.
+        outcome = self.check()
+        if outcome is not None:
+            self.log.info("Call %s ended: %s", outcome.call_ref, outcome.describe())
+            return outcome.status
+        from airflow_provider_vonage_studio.triggers.vonage_studio import CallStatusTrigger
+
+        call_ref = resolve_call_ref(self.call_ref)
+        self.log.info("Call %s: no final status yet; deferring to the triggerer", call_ref)
+        self.defer(
+            trigger=CallStatusTrigger(
+                call_ref=call_ref,
+                answer_window=self.answer_window,
+                fail_on=self.fail_on,
+                # The trigger needs a positive interval; poke_interval=0 means "as often as sensible".
+                poll_interval=max(float(self.poke_interval), 0.1),
+                store_url=self.store_url,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        """Resume after :class:`CallStatusTrigger`: return its status or fail like :meth:`poke`."""
+        event = raise_for_trigger_event(event)
+        status = str(event["call_status"])
+        self.log.info("Call %s ended: %s (reported by the trigger)", event.get("call_ref"), status)
+        return status
+
+
+# ----------------------------------------------------------------------------- CallResultSensor
+# What the conversation collected (AI Studio Insights), as opposed to the call's status above.
+
+# evaluate_call() is asked for failures only: with this window an unreported call is never
+# taken as "answered" (whether parameters exist decides that here), yet the sum with a start
+# time stays far from datetime's limits.
+_NO_ANSWER_INFERENCE = timedelta(days=36500)
+
+
+def _parameter_names(value: Any) -> tuple[str, ...]:
+    """``required_parameters`` (rendered) as a tuple of names; one string is one name.
+
+    :raises VonageStudioConfigError: naming ``required_parameters`` for anything but names.
+    """
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else tuple(value)
+    bad = [item for item in items if not isinstance(item, str) or not item.strip()]
+    if bad:
+        raise VonageStudioConfigError(f"required_parameters: expected parameter names, got {bad!r}")
+    return tuple(dict.fromkeys(item.strip() for item in items))
+
+
+def check_call_result(
+    *,
+    hook: Any,
+    call_ref: str | None = None,
+    session_id: str | None = None,
+    session_start_time: Any = None,
+    required_parameters: Sequence[str] = (),
+    fail_on: Iterable[str] = FAILURE_STATUSES,
+    store_url: str | None = None,
+) -> dict[str, Any] | None:
+    """One check of a call's Insights parameters; ``None`` means "keep waiting".
+
+    Shared by :class:`CallResultSensor` (poke) and
+    :class:`~airflow_provider_vonage_studio.triggers.vonage_studio.CallResultTrigger` (in a
+    thread). Blocking: it reads the call store and calls the API through ``hook`` (a
+    :class:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook`).
+
+    With ``call_ref`` the call's row comes first: a failure status recorded by the callback
+    receiver (``busy``, ``timeout``, ...) ends the wait at once, since such a call never
+    produces parameters; the session id and start time are the row's. Otherwise
+    ``session_id`` and ``session_start_time`` name the session directly.
+
+    Returns a JSON-safe dict with ``call_ref``, ``session_id``, ``parameters`` (the dict read,
+    or ``None``) and ``call_status`` (``None``, or a failure status not in ``fail_on``).
+    Keeps waiting (``None``) while the dial is still being recorded, while Insights answers
+    404 (not indexed yet), and while a name in ``required_parameters`` is missing or empty.
+
+    :raises UnknownCall: ``call_ref`` names no call in the store.
+    :raises CallFailed: the call's status is in ``fail_on``.
+    :raises CallRejectedEarlier: AI Studio refused the call when it was placed.
+    :raises CallOutcomeUnknown: whether the call was placed is unknown.
+    :raises VonageStudioAuthError: 401 from Insights (bad key, or a parameter it refused).
+    :raises VonageStudioError: anything else the hook raises (connection errors after its retries,
+        an unknown body shape).
+    """
+    from datetime import datetime, timezone
+
+    from airflow_provider_vonage_studio.exceptions import SessionNotFound
+    from airflow_provider_vonage_studio.outcome import evaluate_call
+
+    required = _parameter_names(required_parameters)
+    if call_ref is not None:
+        record = open_store(store_url).get_call(call_ref)
+        outcome = evaluate_call(
+            record,
+            now=datetime.now(timezone.utc),
+            answer_window=_NO_ANSWER_INFERENCE,
+            fail_on=fail_on,
+            call_ref=call_ref,
+        )
+        if outcome is not None:  # a failure status the caller wants returned, not raised
+            return {
+                "call_ref": call_ref,
+                "session_id": record.session_id if record else None,
+                "parameters": None,
+                "call_status": outcome.status,
+            }
+        if record is None or record.state != "placed" or not record.session_id:
+            return None  # the placing task has not recorded AI Studio's answer yet
+        session_id, session_start_time = record.session_id, record.session_start_time
+    if not session_id or session_start_time is None:
+        raise VonageStudioConfigError("session_id and session_start_time are both needed to read parameters")
+    try:
+        parameters = hook.get_session_parameters(session_id, session_start_time)
+    except SessionNotFound:
+        return None  # not indexed yet: normal for a while after the call
+    missing = [name for name in required if not parameters.get(name)]
+    if missing:
+        # Names only: values are what the callee said (personal data).
+        hook.log.info(
+            "Session %s: waiting for parameter(s) %s (present: %s)",
+            session_id,
+            ", ".join(missing),
+            ", ".join(sorted(parameters)) or "none",
+        )
+        return None
+    return {"call_ref": call_ref, "session_id": session_id, "parameters": parameters, "call_status": None}
+
+
+class CallResultSensor(BaseSensorOperator):
+    """Wait until what a call's conversation collected can be read, and return it.
+
+    After an answered call, AI Studio's Insights service holds the session's parameters
+    (what the agent learned: ``CONFIRMED``, a chosen slot, ...). It answers 404 until the
+    session is indexed, which is normal for a while after the call: the sensor keeps
+    waiting through it.
+
+    :param call_ref: the call, as placed by ``MakeCallOperator`` (typically
+        ``make_call.output["call_ref"]``, or the whole ``make_call.output``); its session id
+        and start time are read from the call store. Templated.
+    :param session_id: instead of ``call_ref``: the session to read. Templated.
+    :param session_start_time: with ``session_id``: its start (ISO string or datetime; the
+        day is enough). Templated.
+    :param required_parameters: names that must be present and non-empty before the sensor
+        succeeds (e.g. ``["CONFIRMED"]``). Templated. Without them the sensor succeeds as
+        soon as any parameters can be read, which may be before the conversation filled them
+        in; name what the agent collects.
+    :param fail_on: with ``call_ref``: failure statuses (recorded by the callback receiver)
+        that fail the task at once, without retries (default: all five). With ``()`` such a
+        call ends the sensor successfully with ``{"status": "<status>"}`` instead, like
+        ``CallStatusSensor(fail_on=())``, so downstream tasks can record or branch on it.
+    :param vonage_studio_conn_id: the ``vonage_studio`` connection (same key as make-call).
+    :param store_url: the call store; default ``[vonage_studio] store_url``.
+    :param deferrable: wait in the triggerer (:class:`~airflow_provider_vonage_studio.triggers.
+        vonage_studio.CallResultTrigger`). Default: ``[operators] default_deferrable``.
+    :param poke_interval: seconds between checks (default 10), in every mode.
+
+    Returns (and pushes to XCom) the parameters as a dict of strings, or
+    ``{"status": "<failure status>"}`` for a failed call with ``fail_on=()``. With
+    ``call_ref`` the parameters are also stored with the call's row in the call store.
+    Parameter values are personal data: they are never logged (names are).
+
+    :raises AirflowFailException: ``call_ref`` names no call in the store, the call was
+        refused or its outcome is unknown since placement, its status is in ``fail_on``,
+        Insights refused the key or the query (401), or answered in an unknown shape.
+    :raises VonageStudioConfigError: at DAG parse time, for neither or both of ``call_ref``
+        and ``session_id`` + ``session_start_time``, or a bad ``fail_on``.
+    """
+
+    template_fields: Sequence[str] = ("call_ref", "session_id", "session_start_time", "required_parameters")
+    ui_color = "#d0e4f7"
+
+    def __init__(
+        self,
+        *,
+        call_ref: str | Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+        session_start_time: Any = None,
+        required_parameters: str | Sequence[str] | None = (),
+        fail_on: Iterable[str] | None = FAILURE_STATUSES,
+        vonage_studio_conn_id: str = "vonage_studio_default",
+        store_url: str | None = None,
+        deferrable: bool | None = None,
+        poke_interval: timedelta | float = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, **kwargs)
+        # Checked here so a mistake fails at DAG parse time, not after a call was placed.
+        if call_ref is None and (session_id is None or session_start_time is None):
+            raise VonageStudioConfigError(
+                "CallResultSensor: give call_ref (e.g. make_call.output['call_ref']), or both session_id "
+                "and session_start_time"
+            )
+        if call_ref is not None and session_id is not None:
+            raise VonageStudioConfigError("CallResultSensor: give call_ref or session_id, not both")
+        if isinstance(required_parameters, (str, list, tuple)):
+            _parameter_names(required_parameters)
+        self.call_ref = call_ref
+        self.session_id = session_id
+        self.session_start_time = session_start_time
+        self.required_parameters = required_parameters
+        self.fail_on = normalize_fail_on(fail_on)
+        self.vonage_studio_conn_id = vonage_studio_conn_id
+        self.store_url = store_url
+        self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
+        self._hook: Any = None
+
+    @property
+    def hook(self) -> Any:
+        """The :class:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook`, one per task."""
+        if self._hook is None:
+            from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
+
+            self._hook = VonageStudioHook(self.vonage_studio_conn_id)
+        return self._hook
+
+    def _target(self) -> dict[str, Any]:
+        """The rendered arguments naming the session, checked."""
+        if self.call_ref is not None:
+            return {"call_ref": resolve_call_ref(self.call_ref)}
+        if not self.session_id or not str(self.session_id).strip() or self.session_start_time in (None, ""):
+            raise fail_task(
+                VonageStudioConfigError(
+                    f"session_id {self.session_id!r} / session_start_time {self.session_start_time!r}: both "
+                    "must be non-empty"
+                )
+            )
+        start = self.session_start_time
+        return {
+            "session_id": str(self.session_id).strip(),
+            # The trigger's kwargs must be JSON-safe.
+            "session_start_time": start.isoformat() if hasattr(start, "isoformat") else str(start),
+        }
+
+    def check(self) -> dict[str, Any] | None:
+        """One check (see :func:`check_call_result`); errors become task failures.
+
+        :raises AirflowFailException: for non-retryable errors (see the class).
+        :raises VonageStudioError: for retryable ones (the API unreachable after the hook's retries).
+        """
+        try:
+            return check_call_result(
+                hook=self.hook,
+                required_parameters=_parameter_names(self.required_parameters),
+                fail_on=self.fail_on,
+                store_url=self.store_url,
+                **self._target(),
+            )
+        except VonageStudioError as exc:
+            raise fail_task(exc) from exc
+
+    def _finish(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """The XCom value for a finished check; stores the parameters with the call."""
+        call_ref = result.get("call_ref")
+        if result.get("call_status"):
+            self.log.info(
+                "Call %s ended with status %s: no parameters to wait for", call_ref, result["call_status"]
+            )
+            return {"status": result["call_status"]}
+        parameters = {str(k): str(v) for k, v in dict(result.get("parameters") or {}).items()}
+        if call_ref:
+            open_store(self.store_url).set_parameters(call_ref, parameters)
+        self.log.info(
+            "Session %s: read %d parameter(s): %s",
+            result.get("session_id"),
+            len(parameters),
+            ", ".join(sorted(parameters)) or "none",
+        )
+        return parameters
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        from airflow.sdk import PokeReturnValue
+
+        result = self.check()
+        if result is None:
+            self.log.info("No session parameters to return yet")
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=self._finish(result))
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        # One check in the worker first: a result already there needs no trip to the triggerer.
+        result = self.check()
+        if result is not None:
+            return self._finish(result)
+        from airflow_provider_vonage_studio.triggers.vonage_studio import CallResultTrigger
+
+        self.log.info("No session parameters yet; deferring to the triggerer")
+        self.defer(
+            trigger=CallResultTrigger(
+                **self._target(),
+                required_parameters=list(_parameter_names(self.required_parameters)),
+                fail_on=list(self.fail_on),
+                poll_interval=max(float(self.poke_interval), 0.1),
+                vonage_studio_conn_id=self.vonage_studio_conn_id,
+                store_url=self.store_url,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after :class:`CallResultTrigger`: return what :meth:`poke` would have.
+
+        :raises AirflowFailException: for an ``error`` event of a non-retryable error.
+        :raises AirflowException: for a retryable one (task retries may ride out an outage),
+            or when no event arrived.
+        """
+        if not event:
+            raise AirflowException("the call result trigger ended without an event")
+        if event.get("status") != "success":
+            if event.get("retryable"):
+                raise AirflowException(str(event.get("message") or "the call result trigger failed"))
+            raise fail_task(error_from_event(event))
+        self.log.info("Result reported by the trigger")
+        return self._finish(event)
+
+
+__all__ += ["CallResultSensor", "check_call_result"]
