@@ -703,26 +703,45 @@ class VonageStudioHook(BaseHook):
 
     def search_sessions(
         self,
-        from_date: datetime | str,
-        to_date: datetime | str,
+        from_date: datetime | date | str,
+        to_date: datetime | date | str,
         *,
         filter_by: Mapping[str, Any] | None = None,
         sort_by: str | Sequence[str] | None = None,
-        project_fields: Sequence[str] | None = None,
+        project_fields: str | Sequence[str] | None = None,
         page_size: int = 100,
         split_range: bool = False,
+        include_to_date: bool = True,
     ) -> Iterator[dict[str, Any]]:
         """Sessions between ``from_date`` and ``to_date``, page by page, lazily.
 
+        Arguments are checked at once; requests start when the iterator is first advanced and
+        only one page is held at a time. Naive datetimes are UTC; a date means its midnight.
+
+        :param filter_by: an Elasticsearch-style bool query (``must``/``must_not``/``should``),
+            sent as JSON.
+        :param sort_by: ``"attribute:asc|desc"`` items (a list or one comma-separated string).
+        :param project_fields: field names to return (a list, or one comma-separated string).
+        :param page_size: sessions per request (1..1000).
+        :param split_range: search a range longer than 60 days in consecutive windows of at
+            most 60 days (a session on a shared boundary is returned once).
+        :param include_to_date: the API's bounds are inclusive; ``False`` leaves out sessions
+            that start exactly at ``to_date``, so consecutive half-open windows (Airflow data
+            intervals) never return one session twice.
         :raises VonageStudioConfigError: the range is reversed, or longer than 60 days without
-            ``split_range=True`` (then it is searched in consecutive windows of at most 60 days).
+            ``split_range=True``; a bad ``page_size``.
+        :raises VonageStudioAuthError: 401 — bad key, or parameters the API refused (while iterating).
+        :raises VonageStudioError: a page whose body has an unknown shape, or an API that returned
+            a short page while its total says more sessions exist (it caps ``page_size``).
         """
         start = _aware(from_date, "from_date")
         end = _aware(to_date, "to_date")
         if end < start:
             raise VonageStudioConfigError("to_date is before from_date")
-        if not 1 <= int(page_size) <= 1000:
-            raise VonageStudioConfigError(f"page_size must be between 1 and 1000, got {page_size!r}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise VonageStudioConfigError(
+                f"page_size must be an integer between 1 and 1000, got {page_size!r}"
+            )
         if end - start > INSIGHTS_MAX_RANGE and not split_range:
             raise VonageStudioConfigError(
                 f"from_date..to_date spans {(end - start).days} days; AI Studio searches at most 60 days "
@@ -736,19 +755,42 @@ class VonageStudioHook(BaseHook):
             if window_end >= end:
                 break
             cursor = window_end
-        return self._search_pages(windows, filter_by, sort_by, project_fields, int(page_size))
+        fields = _field_list(project_fields, "project_fields")
+        # Boundary handling reads each session's start time: request it even when the caller
+        # projected it away, and drop it again before yielding.
+        strip_start = (
+            bool(fields) and "session_start_time" not in fields and (len(windows) > 1 or not include_to_date)
+        )
+        if strip_start:
+            fields.append("session_start_time")
+        return self._search_pages(
+            windows,
+            filter_by,
+            sort_by,
+            fields,
+            page_size,
+            include_to_date=include_to_date,
+            strip_start=strip_start,
+        )
 
     def _search_pages(
         self,
         windows: list[tuple[datetime, datetime]],
         filter_by: Mapping[str, Any] | None,
         sort_by: str | Sequence[str] | None,
-        project_fields: Sequence[str] | None,
+        project_fields: Sequence[str],
         page_size: int,
+        *,
+        include_to_date: bool,
+        strip_start: bool,
     ) -> Iterator[dict[str, Any]]:
         import json as jsonlib
 
         for index, (start, end) in enumerate(windows):
+            last_window = index == len(windows) - 1
+            # Consecutive windows share their boundary instant: a session there belongs to the
+            # later window (and to none when the caller's own end is exclusive).
+            end_exclusive = not last_window or not include_to_date
             page = 0
             while True:
                 params: list[tuple[str, Any]] = [
@@ -759,7 +801,7 @@ class VonageStudioHook(BaseHook):
                 ]
                 if sort_by:
                     params.append(("sort_by", sort_by if isinstance(sort_by, str) else ",".join(sort_by)))
-                for field in project_fields or ():
+                for field in project_fields:
                     params.append(("project_fields", field))
                 if filter_by:
                     params.append(("filter_by", jsonlib.dumps(filter_by, separators=(",", ":"))))
@@ -770,13 +812,22 @@ class VonageStudioHook(BaseHook):
                     what=f"search sessions page {page}",
                 )
                 sessions, total = parse_search_body(_json(resp))
-                last_window = index == len(windows) - 1
+                del resp  # the decoded page is all that is needed; let the raw body go
                 for session in sessions:
-                    # Consecutive windows share their boundary instant; skip it in the earlier one.
-                    if not last_window and _session_at(session) == end:
+                    at = _session_at(session)
+                    if end_exclusive and at is not None and at >= end:
                         continue
+                    if strip_start:
+                        session.pop("session_start_time", None)
                     yield session
                 page += 1
+                if total is not None and len(sessions) < page_size and page * page_size < total:
+                    # Paging on would skip sessions (page_number counts pages of our size).
+                    raise VonageStudioError(
+                        f"AI Studio returned {len(sessions)} sessions for page {page - 1} of size "
+                        f"{page_size} while reporting {total} in total: it seems to cap page_size; "
+                        f"retry with page_size={len(sessions)} or less"
+                    )
                 if len(sessions) < page_size or (total is not None and page * page_size >= total):
                     break
 
@@ -874,6 +925,11 @@ def _str(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (Mapping, list)):
+        import json
+
+        # JSON, not Python's repr: the value may end up in a warehouse column.
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return str(value)
 
 
@@ -902,7 +958,23 @@ def _aware(value: datetime | date | str, field: str) -> datetime:
 
 
 def _fmt_dt(value: datetime) -> str:
-    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    # Milliseconds as usual; microseconds only when the value has them, so a bound sent to the
+    # API is exactly the one the client compares session times against (window boundaries).
+    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def _field_list(value: str | Sequence[str] | None, field: str) -> list[str]:
+    """``project_fields`` as a list: a string is one comma-separated list (never its characters)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    result = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise VonageStudioConfigError(f"{field} must hold non-empty field names, got {item!r}")
+        result.append(item.strip())
+    return result
 
 
 def _iso_param(value: datetime | date | str, field: str) -> str:

@@ -320,6 +320,8 @@ class CallResultSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer (:class:`~airflow_provider_vonage_studio.triggers.
         vonage_studio.CallResultTrigger`). Default: ``[operators] default_deferrable``.
     :param poke_interval: seconds between checks (default 10), in every mode.
+    :param mode: ``"poke"`` (default) or ``"reschedule"`` (frees the worker slot between checks),
+        when not deferrable.
 
     Returns (and pushes to XCom) the parameters as a dict of strings, or
     ``{"status": "<failure status>"}`` for a failed call with ``fail_on=()``. With

@@ -447,37 +447,41 @@ class CallResultTrigger(BaseTrigger):
         self.log.info(
             "Waiting for the session parameters of %s, checking every %ss", target, self.poll_interval
         )
-        while True:
-            try:
-                result = await asyncio.to_thread(
-                    check_call_result,
-                    hook=hook,
-                    call_ref=self.call_ref,
-                    session_id=self.session_id,
-                    session_start_time=self.session_start_time,
-                    required_parameters=self.required_parameters,
-                    fail_on=self.fail_on,
-                    store_url=self.store_url,
-                )
-            except Exception as exc:
-                # Errors of the call or the query end the wait; an unreachable API or store is
-                # ridden out for a few rounds first.
-                error = exc if isinstance(exc, VonageStudioError) else None
-                retryable = error.retryable if error is not None else True
-                failures += 1
-                if retryable and failures < self.max_failures:
-                    self.log.warning("Check failed (%s); trying again in %ss", exc, self.poll_interval)
-                    await asyncio.sleep(self.poll_interval)
-                    continue
-                if error is None:
-                    error = VonageStudioError(f"{type(exc).__name__}: {exc}")
-                yield TriggerEvent({**error_event(error, self.call_ref), "retryable": retryable})
-                return
-            if result is not None:
-                yield TriggerEvent({"status": "success", **result})
-                return
-            failures = 0
-            await asyncio.sleep(self.poll_interval)
+        try:
+            while True:
+                try:
+                    result = await asyncio.to_thread(
+                        check_call_result,
+                        hook=hook,
+                        call_ref=self.call_ref,
+                        session_id=self.session_id,
+                        session_start_time=self.session_start_time,
+                        required_parameters=self.required_parameters,
+                        fail_on=self.fail_on,
+                        store_url=self.store_url,
+                    )
+                except Exception as exc:
+                    # Errors of the call or the query end the wait; an unreachable API or store
+                    # is ridden out for a few rounds first.
+                    error = exc if isinstance(exc, VonageStudioError) else None
+                    retryable = error.retryable if error is not None else True
+                    failures += 1
+                    if retryable and failures < self.max_failures:
+                        self.log.warning("Check failed (%s); trying again in %ss", exc, self.poll_interval)
+                        await asyncio.sleep(self.poll_interval)
+                        continue
+                    if error is None:
+                        error = VonageStudioError(f"{type(exc).__name__}: {exc}")
+                    yield TriggerEvent({**error_event(error, self.call_ref), "retryable": retryable})
+                    return
+                if result is not None:
+                    yield TriggerEvent({"status": "success", **result})
+                    return
+                failures = 0
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            if "session" in hook.__dict__:  # opened (cached_property): release its connections
+                hook.session.close()
 
 
 __all__ += ["CallResultTrigger"]

@@ -30,7 +30,10 @@ from airflow_provider_vonage_studio.hooks.vonage_studio import (
 from tests.conftest import TEST_KEY, conn_json
 
 URL = "https://studio.test/telephony/make-call"
-OK = {"session_id": "5a61cc84-4c89-4ef9-a983-5349c7112fdb", "session_start_time": "2020-10-14T09:42:07.151657"}
+OK = {
+    "session_id": "5a61cc84-4c89-4ef9-a983-5349c7112fdb",
+    "session_start_time": "2020-10-14T09:42:07.151657",
+}
 
 # The body of the seed's curl example, as printed there.
 SEED_CURL_BODY = """{
@@ -75,7 +78,9 @@ def test_request_matches_seed_curl_byte_for_byte(hook, requests_mock):
 
 def test_mapping_parameters_become_seed_list_of_strings(hook, requests_mock):
     requests_mock.post(URL, json=OK)
-    hook.make_call("+44 7700 900123", "agent-1", session_parameters={"CALLER_NAME": "Diane", "PROPERTY_VALUE": 500})
+    hook.make_call(
+        "+44 7700 900123", "agent-1", session_parameters={"CALLER_NAME": "Diane", "PROPERTY_VALUE": 500}
+    )
     body = requests_mock.request_history[0].json()
     assert body == {
         "agent_id": "agent-1",
@@ -131,8 +136,16 @@ def test_429_honours_retry_after(hook, requests_mock):
     requests_mock.post(
         URL,
         [
-            {"status_code": 429, "json": {"status": 429, "message": "Too Many Requests"}, "headers": {"Retry-After": "2"}},
-            {"status_code": 429, "json": {"status": 429, "message": "Too Many Requests"}, "headers": {"Retry-After": "1"}},
+            {
+                "status_code": 429,
+                "json": {"status": 429, "message": "Too Many Requests"},
+                "headers": {"Retry-After": "2"},
+            },
+            {
+                "status_code": 429,
+                "json": {"status": 429, "message": "Too Many Requests"},
+                "headers": {"Retry-After": "1"},
+            },
             {"json": OK},
         ],
     )
@@ -204,7 +217,9 @@ def test_2xx_without_session_is_unknown_not_retried(hook, requests_mock):
     assert requests_mock.call_count == 1
 
 
-@pytest.mark.parametrize("bad", ["", "hello", "+44 12", "12345678901234567890", "sip:", "sip:user@", None, 447700900123])
+@pytest.mark.parametrize(
+    "bad", ["", "hello", "+44 12", "12345678901234567890", "sip:", "sip:user@", None, 447700900123]
+)
 def test_bad_destinations_never_reach_the_network(hook, requests_mock, bad):
     requests_mock.post(URL, json=OK)
     with pytest.raises(InvalidDestination):
@@ -269,7 +284,9 @@ def test_missing_key_names_the_field(monkeypatch):
 
 
 def test_region_selects_host_when_no_override(monkeypatch):
-    hook = _hook_for(monkeypatch, json.dumps({"conn_type": "vonage_studio", "password": "k", "extra": {"region": "us"}}))
+    hook = _hook_for(
+        monkeypatch, json.dumps({"conn_type": "vonage_studio", "password": "k", "extra": {"region": "us"}})
+    )
     assert hook.config.base_url == REGION_HOSTS["us"]
     hook = _hook_for(monkeypatch, json.dumps({"conn_type": "vonage_studio", "password": "k"}))
     assert hook.config.base_url == REGION_HOSTS["eu"]
@@ -278,7 +295,9 @@ def test_region_selects_host_when_no_override(monkeypatch):
 
 
 def test_uri_form(monkeypatch):
-    hook = _hook_for(monkeypatch, "vonage-studio://:s3cret@127.0.0.1:8765/http?region=us&calls_per_second=3&timeout=5")
+    hook = _hook_for(
+        monkeypatch, "vonage-studio://:s3cret@127.0.0.1:8765/http?region=us&calls_per_second=3&timeout=5"
+    )
     cfg = hook.config
     assert cfg.base_url == "http://127.0.0.1:8765"
     assert cfg.api_key == "s3cret"
@@ -301,7 +320,11 @@ def test_config_repr_hides_secrets(monkeypatch):
     ("response", "ok", "text"),
     [
         ({"status_code": 401, "json": {"status": 401, "message": "Not Authorised"}}, False, "refused"),
-        ({"status_code": 400, "json": {"status": 400, "message": "Bad destination number format"}}, True, "accepted"),
+        (
+            {"status_code": 400, "json": {"status": 400, "message": "Bad destination number format"}},
+            True,
+            "accepted",
+        ),
         ({"status_code": 422, "json": {"detail": "x"}}, True, "accepted"),
         ({"status_code": 503, "text": "down"}, False, "503"),
         ({"exc": requests.exceptions.ConnectionError("Connection refused")}, False, "could not reach"),
@@ -332,7 +355,9 @@ def test_key_never_logged(hook, requests_mock, caplog):
 
 def test_parse_api_time_variants():
     assert parse_api_time("2020-10-14T09:42:07.151657").tzinfo is timezone.utc
-    assert parse_api_time("2022-05-31T06:40:45.475Z") == datetime(2022, 5, 31, 6, 40, 45, 475000, tzinfo=timezone.utc)
+    assert parse_api_time("2022-05-31T06:40:45.475Z") == datetime(
+        2022, 5, 31, 6, 40, 45, 475000, tzinfo=timezone.utc
+    )
 
 
 # -- exactly-once ledger -------------------------------------------------------------------------------
