@@ -59,7 +59,6 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
-        "plugins": [{"name": "vonage_studio", "plugin-class": f"{_PKG}.plugins.VonageStudioPlugin"}],
         "cli": [f"{_PKG}.cli.get_cli_commands"],
         "config": {
             "vonage_studio": {

@@ -152,7 +152,7 @@ def test_invalid_names_are_refused_with_the_rule(name: str, suggestion: str | No
     message = str(info.value)
     assert repr(name) in message
     assert PARAMETER_NAME_RULE in message
-    assert "strict_names=False" in message
+    assert "strict_parameter_names=False" in message
     if suggestion:
         assert f"did you mean {suggestion!r}" in message
     else:

@@ -38,9 +38,14 @@ def test_every_declared_class_and_module_imports():
     import importlib
 
     info = get_provider_info()
-    modules = [m for key in ("hooks", "operators", "sensors", "triggers") for e in info[key] for m in e["python-modules"]]
+    modules = [
+        m
+        for key in ("hooks", "operators", "sensors", "triggers")
+        for e in info[key]
+        for m in e["python-modules"]
+    ]
     classes = [c["hook-class-name"] for c in info["connection-types"]] + info["notifications"]
-    classes += [p["plugin-class"] for p in info["plugins"]] + info["cli"]
+    classes += info["cli"]
     for module in modules:
         importlib.import_module(module)
     for dotted in classes:
@@ -54,10 +59,25 @@ def test_connection_fields_match_the_hook():
     conn_type = get_provider_info()["connection-types"][0]
     assert conn_type["connection-type"] == VonageStudioHook.conn_type == "vonage_studio"
     assert set(conn_type["conn-fields"]) == {
-        "region", "calls_per_second", "pace_scope", "callback_base_url", "callback_secret", "timeout"
+        "region",
+        "calls_per_second",
+        "pace_scope",
+        "callback_base_url",
+        "callback_secret",
+        "timeout",
     }
     assert conn_type["conn-fields"]["callback_secret"]["schema"]["format"] == "password"
-    assert VonageStudioHook.get_ui_field_behaviour()["hidden_fields"] == conn_type["ui-field-behaviour"]["hidden-fields"]
+    assert (
+        VonageStudioHook.get_ui_field_behaviour()["hidden_fields"]
+        == conn_type["ui-field-behaviour"]["hidden-fields"]
+    )
+
+
+def test_plugin_is_registered_once_through_its_entry_point():
+    # Declaring it in the provider info too would register it twice when providers load eagerly.
+    assert "plugins" not in get_provider_info()
+    eps = [ep for ep in metadata.entry_points(group="airflow.plugins") if ep.value.startswith("airflow_provider")]
+    assert [ep.value for ep in eps] == ["airflow_provider_vonage_studio.plugins:VonageStudioPlugin"]
 
 
 def test_version_is_the_package_version():

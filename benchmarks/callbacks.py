@@ -1,0 +1,340 @@
+"""Callbacks recorded per second by the receiver under uvicorn, and how many were lost.
+
+The receiver runs as a real server (a uvicorn subprocess on 127.0.0.1, the app built by
+``create_app`` from the environment, as ``airflow vonage-studio callbacks serve`` builds
+it); ``--clients`` threads, each with its own keep-alive connection, post one signed
+``busy`` callback for each of ``--calls`` distinct calls. Afterwards the rows with a
+status are counted in the store: ``lost`` is calls minus rows.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/callbacks.py                 # SQLite, and PostgreSQL if reachable
+    .venv/bin/python benchmarks/callbacks.py --calls 5000 --clients 32 --backend sqlite
+
+PostgreSQL is used when a server answers at ``--postgres-url`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``); the benchmark works in a schema of
+its own and drops it afterwards. The goal on a 2-core machine is >= 500 callbacks/s with
+0 lost. Figures vary with the machine's load: the clients share its cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from airflow_provider_vonage_studio.callbacks.tokens import sign_token
+from airflow_provider_vonage_studio.store import CallStore, calls_table
+
+SECRET = "benchmark-callback-secret-0123456789"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+NUMBER = "447700900123"
+
+
+@dataclass(frozen=True)
+class Result:
+    backend: str
+    calls: int
+    clients: int
+    seconds: float
+    ok: int
+    errors: int
+    rows: int
+    server_cpu: float
+
+    @property
+    def per_second(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_callback(self) -> float:
+        return 1000 * self.server_cpu / self.calls if self.calls else 0.0
+
+    @property
+    def lost(self) -> int:
+        return self.calls - self.rows
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres_schema(base_url: str) -> Iterator[str]:
+    """A URL whose connections use a fresh schema, dropped on exit."""
+    schema = f"vs_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base_url, poolclass=sa.pool.NullPool)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = sa.engine.make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def postgres_reachable(url: str) -> bool:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+def seed_calls(url: str, refs: list[str]) -> None:
+    """Create the schema and insert one placed call per ref (one bulk insert)."""
+    store = CallStore(url)
+    store.get_call("schema-check")  # creates the tables
+    store.dispose()
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "call_ref": ref,
+            "agent_id": "agent-bench",
+            "destination": NUMBER,
+            "state": "placed",
+            "dag_id": "bench",
+            "run_id": "bench-run",
+            "task_id": "call",
+            "map_index": i,
+            "session_id": str(uuid.uuid4()),
+            "session_start_time": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i, ref in enumerate(refs)
+    ]
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(calls_table.insert(), rows)
+    engine.dispose()
+
+
+def count_recorded(url: str, refs: list[str]) -> int:
+    """How many of ``refs`` have a status in the store."""
+    store = CallStore(url)
+    try:
+        return sum(1 for record in store.get_calls(refs).values() if record.status)
+    finally:
+        store.dispose()
+
+
+@contextlib.contextmanager
+def receiver(url: str, port: int, home: Path, *, access_log: bool) -> Iterator[subprocess.Popen[bytes]]:
+    """The receiver under uvicorn in a subprocess, configured through the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__VONAGE_STUDIO__STORE_URL": url,
+            "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT": json.dumps(
+                {"conn_type": "vonage_studio", "password": "bench-key", "extra": {"callback_secret": SECRET}}
+            ),
+        }
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "airflow_provider_vonage_studio.callbacks.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    if not access_log:
+        cmd.append("--no-access-log")
+    log_path = home / "receiver.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(port, proc, log_path)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+            conn.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"receiver not healthy after {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+def post_all(port: int, refs: list[str], clients: int) -> tuple[float, int, int]:
+    """Post one callback per ref from ``clients`` threads; returns (seconds, ok, errors)."""
+    bodies = [
+        (
+            f"/calls/{sign_token(ref, SECRET)}/status",
+            json.dumps(
+                {
+                    "agent_id": "agent-bench",
+                    "to": NUMBER,
+                    "conversation_uuid": f"CON-{ref}",
+                    "status": "busy",
+                    "timestamp": "2024-05-31T06:40:45.475Z",
+                }
+            ).encode(),
+        )
+        for ref in refs
+    ]
+    lock = threading.Lock()
+    next_index = [0]
+    ok = [0]
+    errors = [0]
+    start_gate = threading.Barrier(clients + 1)
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        start_gate.wait()
+        good = bad = 0
+        while True:
+            with lock:
+                i = next_index[0]
+                next_index[0] += 1
+            if i >= len(bodies):
+                break
+            path, body = bodies[i]
+            for attempt in range(3):
+                try:
+                    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    resp.read()
+                    if resp.status == 200:
+                        good += 1
+                    else:
+                        bad += 1
+                    break
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    if attempt == 2:
+                        bad += 1
+        conn.close()
+        with lock:
+            ok[0] += good
+            errors[0] += bad
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_gate.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, ok[0], errors[0]
+
+
+def run(backend: str, url: str, calls: int, clients: int, *, access_log: bool) -> Result:
+    refs = [f"vs-bench{uuid.uuid4().hex[:24]}" for _ in range(calls)]
+    seed_calls(url, refs)
+    with tempfile.TemporaryDirectory(prefix="vs-bench-home-") as home:
+        port = free_port()
+        with receiver(url, port, Path(home), access_log=access_log) as proc:
+            cpu_before = cpu_seconds(proc.pid)
+            seconds, ok, errors = post_all(port, refs, clients)
+            server_cpu = cpu_seconds(proc.pid) - cpu_before
+    return Result(backend, calls, clients, seconds, ok, errors, count_recorded(url, refs), server_cpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--backend", choices=["all", "sqlite", "postgres"], default="all")
+    parser.add_argument(
+        "--postgres-url", default=os.environ.get("VONAGE_STUDIO_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    )
+    parser.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
+    args = parser.parse_args(argv)
+
+    results: list[Result] = []
+    if args.backend in ("all", "sqlite"):
+        with tempfile.TemporaryDirectory(prefix="vs-bench-db-") as tmp:
+            results.append(
+                run(
+                    "sqlite",
+                    f"sqlite:///{tmp}/vonage_studio.db",
+                    args.calls,
+                    args.clients,
+                    access_log=args.access_log,
+                )
+            )
+    if args.backend in ("all", "postgres"):
+        if postgres_reachable(args.postgres_url):
+            with postgres_schema(args.postgres_url) as url:
+                results.append(run("postgresql", url, args.calls, args.clients, access_log=args.access_log))
+        else:
+            print(f"PostgreSQL not reachable at {args.postgres_url}: skipped", file=sys.stderr)
+
+    print(
+        f"callbacks: {args.calls} distinct calls, {args.clients} concurrent clients, receiver under uvicorn"
+    )
+    print(
+        f"{'backend':<11} {'seconds':>8} {'callbacks/s':>12} {'200 OK':>7} {'errors':>7} {'rows':>6} "
+        f"{'lost':>5} {'server CPU ms/cb':>17}"
+    )
+    for r in results:
+        print(
+            f"{r.backend:<11} {r.seconds:>8.2f} {r.per_second:>12.0f} {r.ok:>7} {r.errors:>7} {r.rows:>6} "
+            f"{r.lost:>5} {r.cpu_ms_per_callback:>17.2f}"
+        )
+    return 0 if all(r.lost == 0 and r.errors == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
