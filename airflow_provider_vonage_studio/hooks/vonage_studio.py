@@ -538,6 +538,13 @@ class VonageStudioHook(BaseHook):
             call_ref,
             elide_token(status_url) if status_url else None,
         )
+        # Built before any slot is waited for: its first use imports requests (tens of ms), and a
+        # dial that leaves late after its slot crowds the next caller's slot into the agent's limit.
+        self.session  # noqa: B018
+
+        # Build the session before taking a slot: its first-use cost (imports, TLS context) would
+        # otherwise sit between the slot and the request and squeeze the gap to the next dial.
+        self.session  # noqa: B018
 
         def attempt() -> requests.Response:
             if self.pace:
