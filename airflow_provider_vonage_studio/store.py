@@ -49,6 +49,7 @@ __all__ = [
     "CallStateConflict",
     "CallStore",
     "RecordOutcome",
+    "StatusUpdate",
     "StoreSchemaTooNew",
     "configured_store_url",
 ]
@@ -80,12 +81,13 @@ class CallState(str, Enum):
 
 
 class RecordOutcome(str, Enum):
-    """What :meth:`CallStore.record_status` did with a status callback."""
+    """What :meth:`CallStore.record_status` (or ``record_statuses``) did with a status callback."""
 
     RECORDED = "recorded"  # first status of the call: now the call's status
     DUPLICATE = "duplicate"  # same (status, conversation_uuid) seen before: nothing written
     HISTORY = "history"  # a later, different status: kept in the history only
     UNKNOWN_CALL = "unknown_call"  # no such call_ref: nothing written
+    MISMATCH = "mismatch"  # names another destination than the call's (StatusUpdate.to): nothing written
 
 
 class StoreSchemaTooNew(VonageStudioError):
@@ -125,6 +127,23 @@ class CallRecord:
     parameters: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One status callback for :meth:`CallStore.record_statuses`.
+
+    ``conversation_uuid`` ``None`` and ``""`` both mean "none"; a naive ``timestamp`` is UTC.
+    ``to``, when set, is the destination the callback names: the update is recorded only if it
+    matches the call's destination (otherwise ``RecordOutcome.MISMATCH``, nothing written).
+    """
+
+    call_ref: str
+    status: str
+    conversation_uuid: str | None
+    timestamp: datetime | None
+    payload: dict[str, Any]
+    to: str | None = None
 
 
 # --------------------------------------------------------------------------- column types
@@ -516,14 +535,23 @@ class CallStore:
             {"state": CallState.REJECTED.value, "error_status": status, "error_message": message},
         )
 
-    def mark_unknown(self, call_ref: str, message: str) -> None:
+    def mark_unknown(self, call_ref: str, message: str, *, expected: CallRecord | None = None) -> None:
         """Record that the request was sent but no answer came back (``unknown``).
 
-        Raises :class:`UnknownCall` when there is no such call.
+        With ``expected`` — the record the caller based its decision on — the change is a
+        compare-and-set: it happens only while the row still has that state and ``updated_at``.
+        That is how a later try labels a ``pending`` row left by a killed try without ever
+        overwriting an outcome recorded meanwhile.
+
+        Raises :class:`UnknownCall` when there is no such call and :class:`CallStateConflict`
+        when the row changed since ``expected``.
         """
         self._update_call(
             call_ref,
             {"state": CallState.UNKNOWN.value, "error_status": None, "error_message": message},
+            allowed=None if expected is None else (expected.state,),
+            action="mark unknown",
+            where=None if expected is None else calls_table.c.updated_at == expected.updated_at,
         )
 
     def set_parameters(self, call_ref: str, params: dict[str, str]) -> None:
@@ -626,50 +654,130 @@ class CallStore:
         ``status`` is empty or ``status``/``conversation_uuid`` are longer than the store
         keeps (64 / 255 characters).
         """
-        if not status or len(status) > _STATUS_MAX:
-            raise VonageStudioConfigError(f"status: must be 1..{_STATUS_MAX} characters, got {len(status)}")
-        uuid = conversation_uuid or ""
-        if len(uuid) > _UUID_MAX:
-            raise VonageStudioConfigError(
-                f"conversation_uuid: must be at most {_UUID_MAX} characters, got {len(uuid)}"
-            )
+        (outcome,) = self.record_statuses(
+            [StatusUpdate(call_ref, status, conversation_uuid, timestamp, payload)]
+        )
+        return outcome
+
+    def record_statuses(
+        self,
+        updates: Sequence[StatusUpdate],
+        *,
+        destination_matches: Callable[[str, str], bool] | None = None,
+    ) -> list[RecordOutcome]:
+        """Store many status callbacks in one write transaction; one outcome per update, in order.
+
+        Each update gets what :meth:`record_status` would give it if the updates were recorded
+        one after the other in the order given: a repeat within the batch is a ``DUPLICATE``,
+        and of two statuses of one call the earlier one is ``RECORDED``. In addition, an
+        update with ``to`` set gets ``MISMATCH`` (nothing written) when
+        ``destination_matches(update.to, call.destination)`` is false; by default the two
+        strings must be equal.
+
+        One transaction and one commit for the whole batch: the calls are read (and, on
+        PostgreSQL, locked) with one query per 500, then each history row not repeated within
+        the batch is inserted (a conflict skips it) and each call's first status set. Racing
+        batches and single records agree: the history's unique constraint decides what is a
+        duplicate, the lock on the call's row which status came first.
+
+        Raises :class:`VonageStudioConfigError`, before anything is written, when an update's
+        ``status`` is empty or ``status``/``conversation_uuid`` are longer than the store
+        keeps (64 / 255 characters); database errors roll the whole batch back.
+        """
+        items = list(updates)
+        uuids = []
+        for item in items:
+            if not item.status or len(item.status) > _STATUS_MAX:
+                raise VonageStudioConfigError(
+                    f"status of call_ref {item.call_ref!r}: must be 1..{_STATUS_MAX} characters, "
+                    f"got {len(item.status)}"
+                )
+            uuid = item.conversation_uuid or ""
+            if len(uuid) > _UUID_MAX:
+                raise VonageStudioConfigError(
+                    f"conversation_uuid of call_ref {item.call_ref!r}: must be at most {_UUID_MAX} "
+                    f"characters, got {len(uuid)}"
+                )
+            uuids.append(uuid)
+        if not items:
+            return []
         now = _utcnow()
-        event_time = None if timestamp is None else _as_utc(timestamp)
-        try:
-            with self._transaction(write=True) as conn:
-                exists = conn.execute(
-                    sa.select(calls_table.c.call_ref).where(calls_table.c.call_ref == call_ref)
-                ).first()
-                if exists is None:
-                    return RecordOutcome.UNKNOWN_CALL
-                # The only statement here that can break a constraint; a duplicate raises
-                # IntegrityError, which leaves the block and rolls everything back.
-                conn.execute(
-                    status_events_table.insert().values(
-                        call_ref=call_ref,
-                        status=status,
-                        conversation_uuid=uuid,
-                        event_timestamp=event_time,
-                        payload=payload,
-                        received_at=now,
+        outcomes: list[RecordOutcome] = []
+        calls, events = calls_table, status_events_table
+        with self._transaction(write=True) as conn:
+            destinations: dict[str, str] = {}
+            has_status: set[str] = set()
+            for chunk in _chunks(sorted({item.call_ref for item in items})):
+                # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers),
+                # taken in call_ref order: every writer of a call's history holds the call's row
+                # first, so batches sharing calls queue up instead of deadlocking on each other's
+                # history rows, the history keeps the order of each batch, and the status read
+                # here stays true until the commit.
+                rows = conn.execute(
+                    sa.select(calls.c.call_ref, calls.c.destination, calls.c.status)
+                    .where(calls.c.call_ref.in_(chunk))
+                    .order_by(calls.c.call_ref)
+                    .with_for_update()
+                )
+                for ref, destination, status in rows:
+                    destinations[ref] = destination
+                    if status is not None:
+                        has_status.add(ref)
+            insert_event = _insert_ignoring_conflicts(conn, events)
+            seen: set[tuple[str, str, str]] = set()
+            first_new: dict[str, int] = {}  # call_ref -> index of its first new history row
+            for index, (item, uuid) in enumerate(zip(items, uuids, strict=True)):
+                destination = destinations.get(item.call_ref)
+                if destination is None:
+                    outcomes.append(RecordOutcome.UNKNOWN_CALL)
+                    continue
+                if item.to is not None and not (
+                    destination_matches(item.to, destination)
+                    if destination_matches is not None
+                    else item.to == destination
+                ):
+                    outcomes.append(RecordOutcome.MISMATCH)
+                    continue
+                key = (item.call_ref, item.status, uuid)
+                # A conflicting INSERT is skipped, not failed: the transaction carries on with the
+                # rest of the batch. A repeat within the batch is not even sent.
+                new = key not in seen and _inserted(
+                    conn.execute(
+                        insert_event,
+                        {
+                            "call_ref": item.call_ref,
+                            "status": item.status,
+                            "conversation_uuid": uuid,
+                            "event_timestamp": item.timestamp,
+                            "payload": item.payload,
+                            "received_at": now,
+                        },
                     )
                 )
-                # "status IS NULL" in the UPDATE makes the first status win even when two
-                # different statuses race: the second UPDATE matches no row.
-                first = conn.execute(
-                    calls_table.update()
-                    .where(calls_table.c.call_ref == call_ref, calls_table.c.status.is_(None))
+                seen.add(key)
+                if not new:
+                    outcomes.append(RecordOutcome.DUPLICATE)
+                    continue
+                outcomes.append(RecordOutcome.HISTORY)
+                if item.call_ref not in has_status:
+                    first_new.setdefault(item.call_ref, index)
+            for call_ref, index in first_new.items():
+                item = items[index]
+                # "status IS NULL" keeps the first status even against a writer that does not
+                # lock the row first: its UPDATE then matches no row.
+                if conn.execute(
+                    calls.update()
+                    .where(calls.c.call_ref == call_ref, calls.c.status.is_(None))
                     .values(
-                        status=status,
-                        status_at=event_time or now,
-                        conversation_uuid=conversation_uuid or None,
-                        callback_payload=payload,
+                        status=item.status,
+                        status_at=item.timestamp or now,
+                        conversation_uuid=item.conversation_uuid or None,
+                        callback_payload=item.payload,
                         updated_at=now,
                     )
-                ).rowcount
-        except IntegrityError:
-            return RecordOutcome.DUPLICATE
-        return RecordOutcome.RECORDED if first else RecordOutcome.HISTORY
+                ).rowcount:
+                    outcomes[index] = RecordOutcome.RECORDED
+        return outcomes
 
     def status_history(self, call_ref: str) -> list[dict[str, Any]]:
         """Every distinct status stored for ``call_ref``, in the order received.
@@ -713,23 +821,24 @@ class CallStore:
                 f"interval_seconds: must be a finite number >= 0, got {interval_seconds!r}"
             )
         t = pacing_slots_table
-        current = time.time() if now is None else now
         with self._transaction(write=True) as conn:
             if conn.dialect.name == "postgresql":
                 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
                 # Make sure the row exists so FOR UPDATE has something to lock; a racing
-                # first insert waits on the key and then does nothing.
+                # first insert waits on the key and then does nothing. next_at=0: "free now".
                 conn.execute(
-                    pg_insert(t)
-                    .values(key=key, next_at=current)
-                    .on_conflict_do_nothing(index_elements=["key"])
+                    pg_insert(t).values(key=key, next_at=0.0).on_conflict_do_nothing(index_elements=["key"])
                 )
             # Read-then-write (not one upsert) so the slot is returned exactly as stored,
             # without re-deriving it from next_at - interval in floating point.
             next_at = conn.execute(
                 sa.select(t.c.next_at).where(t.c.key == key).with_for_update()
             ).scalar_one_or_none()
+            # "Now" is read only once the lock is held: read before waiting for it, a slot handed
+            # out as "now" would already be in the past, the caller would dial late, and the next
+            # slot (a full interval after the stale "now") would come too soon after that dial.
+            current = time.time() if now is None else now
             if next_at is None:  # SQLite: the write lock is held, nobody can insert meanwhile
                 slot = current
                 conn.execute(t.insert().values(key=key, next_at=slot + interval_seconds))
@@ -784,6 +893,34 @@ class CallStore:
                 listed.update(conn.execute(sa.select(t.c.number).where(t.c.number.in_(chunk))).scalars())
         return listed
 
+    def calls_between(
+        self,
+        since: datetime,
+        until: datetime,
+        *,
+        statuses: Iterable[str] | None = None,
+        agent_id: str | None = None,
+    ) -> list[CallRecord]:
+        """Calls created in ``[since, until)``, oldest first (e.g. yesterday's, to call back).
+
+        ``statuses`` keeps only calls whose reported status is one of them (calls without a
+        status, i.e. answered or still waiting, never match); ``agent_id`` only that agent's.
+        Naive datetimes are taken as UTC. Raises :class:`VonageStudioConfigError` when
+        ``until`` is before ``since``.
+        """
+        since, until = _as_utc(since), _as_utc(until)
+        if until < since:
+            raise VonageStudioConfigError("until: must not be before since")
+        t = calls_table
+        query = sa.select(t).where(t.c.created_at >= since, t.c.created_at < until)
+        if statuses is not None:
+            query = query.where(t.c.status.in_(list(statuses)))
+        if agent_id is not None:
+            query = query.where(t.c.agent_id == agent_id)
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(query.order_by(t.c.created_at, t.c.call_ref)).all()
+        return [_record_from_values(row._mapping) for row in rows]
+
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -819,6 +956,26 @@ def _check_call_ref(call_ref: str) -> None:
 def _chunks(items: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+def _insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT into ``table`` that skips a row breaking a unique constraint instead of failing,
+    so one duplicate does not abort the transaction it is part of. See :func:`_inserted`."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        # Explicit RETURNING: with the implicit one SQLAlchemy adds to fetch the new id,
+        # psycopg reports rowcount -1 whether or not a row went in.
+        return pg_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    # No RETURNING on SQLite (older than 3.35 has none); its rowcount is exact.
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _inserted(result: sa.engine.CursorResult[Any]) -> bool:
+    """Whether a statement from :func:`_insert_ignoring_conflicts` inserted its row."""
+    return result.first() is not None if result.returns_rows else result.rowcount > 0
 
 
 def _record_from_values(values: Mapping[Any, Any]) -> CallRecord:
@@ -859,13 +1016,20 @@ def _create_engine(url: sa.engine.URL, *, memory: bool) -> Engine:
         # pre_ping: a pooled connection dropped by a server restart or an idle timeout is
         # replaced before use, instead of failing a task or a callback.
         return sa.create_engine(
-            url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=30, pool_recycle=1800
+            url,
+            hide_parameters=True,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            pool_timeout=30,
+            pool_recycle=1800,
         )
     database = url.database or ""
     if not memory and not database.startswith("file:"):
         # SQLite creates the file but not its directory (e.g. a fresh AIRFLOW_HOME).
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    # hide_parameters: SQL errors must not carry phone numbers into task logs.
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}, "hide_parameters": True}
     if memory:
         # One connection shared by all threads, or every connection would see its own
         # empty database; _transaction serialises its use.

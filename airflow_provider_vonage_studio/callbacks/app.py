@@ -73,7 +73,7 @@ from airflow_provider_vonage_studio.callbacks.tokens import InvalidToken, elide_
 from airflow_provider_vonage_studio.destinations import redact
 
 if TYPE_CHECKING:
-    from airflow_provider_vonage_studio.store import CallRecord, CallStore
+    from airflow_provider_vonage_studio.store import CallRecord, CallStore, RecordOutcome
 
 __all__ = [
     "DEFAULT_CONN_ID",
@@ -496,9 +496,9 @@ class _Recorder:
     """Records verified callbacks in small batches, off the event loop.
 
     Callbacks that arrive while a batch is being written queue up and go together into
-    the next one: the calls of a batch are read with one ``get_calls`` query (instead of
-    one ``get_call`` each) and the whole batch costs one hop to a worker thread. Under
-    light load a batch is a single callback, so nothing waits for company.
+    the next one: the whole batch is one store transaction (one query for its calls, one
+    commit) and one hop to a worker thread. Under light load a batch is a single
+    callback, so nothing waits for company.
 
     At most ``workers`` batches run at once; by default 2 on SQLite, which serialises
     writes anyway (one batch writes while the next one reads), and 8 on a server database,
@@ -556,49 +556,47 @@ def _store_unavailable() -> Response:
 def _record_batch(get_store: Callable[[], CallStore], batch: list[_Pending]) -> list[Response]:
     """Check and record a batch of callbacks (in a worker thread: the store blocks).
 
-    Never raises: a store failure answers 503 for the callbacks it affected. The log
-    names the exception type only, as a database error message may quote the payload.
+    The whole batch is one store transaction (``record_statuses``), destination check
+    included. Never raises: a store failure answers 503 for every callback of the batch, as
+    none of them was recorded. The log names the exception type only, as a database error
+    message may quote the payload.
     """
+    from airflow_provider_vonage_studio.store import StatusUpdate
+
+    updates = [
+        StatusUpdate(
+            call_ref,
+            callback.status,
+            callback.conversation_uuid or None,
+            callback.event_time(),
+            callback.model_dump(),
+            to=callback.to,
+        )
+        for call_ref, callback, _ in batch
+    ]
     try:
-        store = get_store()
-        records = store.get_calls([call_ref for call_ref, _, _ in batch])
+        outcomes = get_store().record_statuses(updates, destination_matches=destinations_match)
     except Exception as exc:
         log.error("%d callback(s) not recorded: call store error %s", len(batch), type(exc).__name__)
         return [_store_unavailable() for _ in batch]
-    answers = []
-    for call_ref, callback, _ in batch:
-        try:
-            answers.append(_record(store, call_ref, callback, records.get(call_ref)))
-        except Exception as exc:
-            log.error("callback for %s not recorded: call store error %s", call_ref, type(exc).__name__)
-            answers.append(_store_unavailable())
-    return answers
+    return [
+        _answer(call_ref, callback, outcome)
+        for (call_ref, callback, _), outcome in zip(batch, outcomes, strict=True)
+    ]
 
 
-def _record(store: CallStore, call_ref: str, callback: StatusCallback, record: CallRecord | None) -> Response:
-    """Check one callback against its call (``record``, ``None`` if unknown) and record it."""
+def _answer(call_ref: str, callback: StatusCallback, outcome: RecordOutcome) -> Response:
+    """The response (and log line) for one callback the store has dealt with."""
     from airflow_provider_vonage_studio.store import RecordOutcome
 
-    if record is None:
+    if outcome is RecordOutcome.UNKNOWN_CALL:
         log.warning("callback for %s refused: no such call in the store", call_ref)
         return _error(404, "unknown call")
-    if not destinations_match(callback.to, record.destination):
+    if outcome is RecordOutcome.MISMATCH:
         log.warning(
-            "callback for %s refused: to %s is not the call's destination %s",
-            call_ref,
-            redact(callback.to),
-            redact(record.destination),
+            "callback for %s refused: to %s is not the call's destination", call_ref, redact(callback.to)
         )
         return _error(409, "the callback's 'to' is not the destination of this call")
-    outcome = store.record_status(
-        call_ref,
-        status=callback.status,
-        conversation_uuid=callback.conversation_uuid or None,
-        timestamp=callback.event_time(),
-        payload=callback.model_dump(),
-    )
-    if outcome is RecordOutcome.UNKNOWN_CALL:  # rows are never deleted, but be exact
-        return _error(404, "unknown call")
     log.info(
         "callback for %s: status %s for %s (%s)",
         call_ref,

@@ -22,6 +22,7 @@ from airflow_provider_vonage_studio.store import (
     CallStateConflict,
     CallStore,
     RecordOutcome,
+    StatusUpdate,
     StoreSchemaTooNew,
     calls_table,
     configured_store_url,
@@ -617,3 +618,192 @@ def test_restart_with_expected_is_compare_and_set(store):
     assert store.get_call("vs-cas").state is CallState.PENDING  # type: ignore[union-attr]
     with pytest.raises(CallStateConflict):
         store.restart_call("vs-cas", expected=seen)  # a second redial based on the same view loses
+
+
+# ------------------------------------------------------------------ statuses in batches
+
+
+def _update(ref: str, status: str, uuid: str | None = "CON-1", **kw: Any) -> StatusUpdate:
+    payload = {"agent_id": AGENT, "to": kw.get("to", NUMBER), "conversation_uuid": uuid, "status": status}
+    return StatusUpdate(ref, status, uuid, kw.get("timestamp"), payload, to=kw.get("to"))
+
+
+def test_record_statuses_mixed_outcomes_in_order(store: CallStore, raw_engine: sa.engine.Engine) -> None:
+    for ref in ("vs-1", "vs-2", "vs-3"):
+        _begin(store, ref)
+    assert _status(store, "vs-2", "busy") is RecordOutcome.RECORDED  # before the batch
+    sent = datetime(2024, 5, 31, 6, 40, 45, tzinfo=UTC)
+    other = "447700900999"
+    batch = [
+        _update("vs-unknown", "busy"),
+        _update("vs-1", "busy", timestamp=sent, to=NUMBER),
+        _update("vs-1", "busy", timestamp=sent),  # repeat within the batch
+        _update("vs-1", "timeout"),
+        _update("vs-2", "busy"),  # stored before the batch
+        _update("vs-2", "failed", uuid=None),
+        _update("vs-1", "failed", to=other),  # another destination: refused, nothing written
+        _update("vs-3", "timeout", to=other),
+        _update("vs-3", "rejected", to=NUMBER),
+    ]
+    statements: list[str] = []
+    commits: list[bool] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    def committed(conn: Any) -> None:
+        commits.append(True)
+
+    sa.event.listen(store._engine, "before_cursor_execute", count)
+    sa.event.listen(store._engine, "commit", committed)
+    try:
+        outcomes = store.record_statuses(batch)
+    finally:
+        sa.event.remove(store._engine, "before_cursor_execute", count)
+        sa.event.remove(store._engine, "commit", committed)
+    assert outcomes == [
+        RecordOutcome.UNKNOWN_CALL,
+        RecordOutcome.RECORDED,
+        RecordOutcome.DUPLICATE,
+        RecordOutcome.HISTORY,
+        RecordOutcome.DUPLICATE,
+        RecordOutcome.HISTORY,
+        RecordOutcome.MISMATCH,
+        RecordOutcome.MISMATCH,
+        RecordOutcome.RECORDED,
+    ]
+    # One transaction: one query for the calls, one insert per history row not seen in the batch
+    # (vs-2's "busy" is tried, and skipped by the store), one update per call's first status.
+    assert len(commits) == 1
+    assert sum(s.lstrip().upper().startswith("SELECT") for s in statements) == 1, statements
+    assert sum(s.lstrip().upper().startswith("INSERT") for s in statements) == 5, statements
+    assert sum(s.lstrip().upper().startswith("UPDATE") for s in statements) == 2, statements
+
+    one, two, three = (store.get_call(ref) for ref in ("vs-1", "vs-2", "vs-3"))
+    assert one is not None and two is not None and three is not None
+    assert (one.status, one.status_at, one.conversation_uuid) == ("busy", sent, "CON-1")
+    assert two.status == "busy"  # the first status stays
+    assert three.status == "rejected" and three.callback_payload["to"] == NUMBER  # type: ignore[index]
+    assert [(h["status"], h["conversation_uuid"]) for h in store.status_history("vs-1")] == [
+        ("busy", "CON-1"),
+        ("timeout", "CON-1"),
+    ]
+    assert [(h["status"], h["conversation_uuid"]) for h in store.status_history("vs-2")] == [
+        ("busy", "CON-1"),
+        ("failed", None),
+    ]
+    assert [h["status"] for h in store.status_history("vs-3")] == ["rejected"]
+    assert store.status_history("vs-unknown") == [] and store.get_call("vs-unknown") is None
+    with raw_engine.connect() as conn:
+        events = conn.execute(sa.select(sa.func.count()).select_from(store_module.status_events_table))
+        assert events.scalar_one() == 5  # the rows listed above, nothing else
+    assert store.record_statuses([]) == []
+
+
+def test_record_statuses_destination_matcher(store: CallStore) -> None:
+    _begin(store)
+    seen: list[tuple[str, str]] = []
+
+    def digits_match(to: str, destination: str) -> bool:
+        seen.append((to, destination))
+        return "".join(ch for ch in to if ch.isdigit()) == destination
+
+    batch = [_update("vs-1", "busy", to="+44 7700 900123"), _update("vs-1", "timeout", to="+1 212 555 0100")]
+    outcomes = store.record_statuses(batch, destination_matches=digits_match)
+    assert outcomes == [RecordOutcome.RECORDED, RecordOutcome.MISMATCH]
+    assert seen == [("+44 7700 900123", NUMBER), ("+1 212 555 0100", NUMBER)]
+    # Without "to" nothing is compared (what record_status does).
+    assert store.record_statuses([_update("vs-1", "failed")], destination_matches=digits_match) == [
+        RecordOutcome.HISTORY
+    ]
+    assert len(seen) == 2
+
+
+def test_record_statuses_validates_before_writing(store: CallStore) -> None:
+    _begin(store)
+    with pytest.raises(VonageStudioConfigError, match="status of call_ref 'vs-1'"):
+        store.record_statuses([_update("vs-1", "busy"), _update("vs-1", "")])
+    with pytest.raises(VonageStudioConfigError, match="conversation_uuid"):
+        store.record_statuses([_update("vs-1", "busy"), _update("vs-1", "timeout", uuid="C" * 256)])
+    assert store.status_history("vs-1") == [] and store.get_call("vs-1").status is None  # type: ignore[union-attr]
+
+
+def test_record_statuses_within_one_batch_behave_like_one_after_another(store: CallStore) -> None:
+    sequence = [
+        ("timeout", "CON-1"),
+        ("timeout", "CON-1"),
+        ("busy", "CON-1"),
+        ("timeout", "CON-2"),
+        ("failed", None),
+        ("failed", ""),
+        ("busy", "CON-1"),
+        ("timeout", "CON-2"),
+    ]
+    _begin(store, "vs-seq")
+    _begin(store, "vs-batch")
+    one_by_one = [_status(store, "vs-seq", status, uuid=uuid) for status, uuid in sequence]
+    batched = store.record_statuses([_update("vs-batch", status, uuid) for status, uuid in sequence])
+    assert batched == one_by_one
+    assert one_by_one == [
+        RecordOutcome.RECORDED,
+        RecordOutcome.DUPLICATE,
+        RecordOutcome.HISTORY,
+        RecordOutcome.HISTORY,
+        RecordOutcome.HISTORY,
+        RecordOutcome.DUPLICATE,
+        RecordOutcome.DUPLICATE,
+        RecordOutcome.DUPLICATE,
+    ]
+
+    def history(ref: str) -> list[tuple[str, str | None]]:
+        return [(h["status"], h["conversation_uuid"]) for h in store.status_history(ref)]
+
+    assert history("vs-batch") == history("vs-seq")
+    assert history("vs-seq") == [
+        ("timeout", "CON-1"),
+        ("busy", "CON-1"),
+        ("timeout", "CON-2"),
+        ("failed", None),
+    ]
+    assert store.get_call("vs-batch").status == "timeout"  # type: ignore[union-attr]
+
+
+def test_concurrent_batches_record_each_call_once(store_url: str) -> None:
+    refs = [f"vs-{i:02d}" for i in range(24)]
+    # Two threads send the same status (one of the two is a duplicate), two others send other
+    # statuses; each thread walks the calls in its own order, in batches of 6, so batches of
+    # different threads overlap in opposite orders.
+    statuses = ["busy", "busy", "timeout", "failed"]
+    orders = [refs, refs[::-1], refs[12:] + refs[:12], refs[1::2] + refs[::2]]
+    stores = [CallStore(store_url) for _ in statuses]
+    try:
+        for ref in refs:
+            _begin(stores[0], ref)
+        for s in stores:
+            s.get_call("warm-up")
+
+        def record(i: int) -> dict[str, RecordOutcome]:
+            outcomes: dict[str, RecordOutcome] = {}
+            for start in range(0, len(refs), 6):
+                chunk = orders[i][start : start + 6]
+                results = stores[i].record_statuses(
+                    [_update(ref, statuses[i], uuid=f"CON-{ref}") for ref in chunk]
+                )
+                outcomes.update(zip(chunk, results, strict=True))
+            return outcomes
+
+        per_thread = _race(len(statuses), record)
+        calls = stores[0].get_calls(refs)
+        for ref in refs:
+            outcomes = [per_thread[i][ref] for i in range(len(statuses))]
+            assert outcomes.count(RecordOutcome.RECORDED) == 1, (ref, outcomes)
+            assert outcomes.count(RecordOutcome.DUPLICATE) == 1, (ref, outcomes)
+            assert outcomes.count(RecordOutcome.HISTORY) == 2, (ref, outcomes)
+            winner = statuses[outcomes.index(RecordOutcome.RECORDED)]
+            assert calls[ref].status == winner
+            history = stores[0].status_history(ref)
+            assert sorted(h["status"] for h in history) == ["busy", "failed", "timeout"]
+            assert history[0]["status"] == winner  # the call's status is its first history row
+    finally:
+        for s in stores:
+            s.dispose()
