@@ -15,6 +15,14 @@ pytestmark = pytest.mark.airflow_dags
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "dag-test-key-9f8e7d6c5b4a"
+SECRET = "dag-test-callback-secret-5e4d3c2b"
+#: The reminder_calls recipients (as sent: digits) and what the emulator makes of each call.
+REMINDER_SCRIPT = {
+    "447700900123": "answered",
+    "12125550100": "busy",
+    "972541116037": "timeout",
+    "447700900456": "rejected",
+}
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +114,50 @@ def test_bad_number_fails_before_any_request(base_env, emulator):
     assert emulator.requests == []
 
 
-def test_reminder_calls_example(tmp_path, emulator):
+def test_reminder_calls_mapped_example(tmp_path, emulator):
     env = airflow_env(
         tmp_path, ROOT / "example_dags", {"AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT": emulator.connection_json()}
     )
     migrate(env)
-    proc = dags_test("reminder_calls", env)
+    proc = dags_test("reminder_calls_mapped", env)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert sorted(c.to for c in emulator.calls) == ["12125550100", "447700900123", "972541116037"]
     by_to = {c.to: {p["name"]: p["value"] for p in c.session_parameters} for c in emulator.calls}
     assert by_to["447700900123"]["CALLER_NAME"] == "Diane Miller"
     assert by_to["447700900123"]["APPOINTMENT_TIME"] == "09:30"
+
+
+def test_reminder_calls_example(tmp_path, emulator, callback_receiver_factory):
+    # MakeCallsOperator over the list, waiting (deferrable; `dags test` runs the trigger in
+    # line) for the callbacks the emulator posts to a real receiver sharing the run's store.
+    env = airflow_env(
+        tmp_path,
+        ROOT / "example_dags",
+        {"VONAGE_STUDIO_DEMO_ANSWER_WINDOW": "3", "VONAGE_STUDIO_DEMO_POKE_INTERVAL": "0.5"},
+    )
+    receiver = callback_receiver_factory(env["AIRFLOW__VONAGE_STUDIO__STORE_URL"], SECRET)
+    env["AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT"] = emulator.connection_json(
+        callback_base_url=receiver, callback_secret=SECRET
+    )
+    for to, outcome in REMINDER_SCRIPT.items():
+        emulator.script(to, outcome)
+    migrate(env)
+    proc = dags_test("reminder_calls", env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert sorted(c.to for c in emulator.calls) == sorted(REMINDER_SCRIPT)
+    by_to = {c.to: {p["name"]: p["value"] for p in c.session_parameters} for c in emulator.calls}
+    assert by_to["447700900123"]["CALLER_NAME"] == "Diane Miller"
+    assert by_to["447700900123"]["APPOINTMENT_TIME"] == "09:30"
+    assert "APPOINTMENT_DAY" in by_to["12125550100"]
+    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        (value,) = conn.execute(
+            "select value from xcom where dag_id = 'reminder_calls' and task_id = 'collect_unanswered' "
+            "and key = 'return_value'"
+        ).fetchone()
+    assert json.loads(value) == [
+        {"key": "appt-1002", "outcome": "busy"},
+        {"key": "appt-1003", "outcome": "timeout"},
+        {"key": "appt-1004", "outcome": "rejected"},
+    ]
+    assert SECRET not in proc.stdout + proc.stderr
