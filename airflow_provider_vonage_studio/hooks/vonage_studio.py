@@ -148,9 +148,12 @@ def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionCo
             f"connection {conn.conn_id!r}: {field} is {timeout_raw!r}; expected a number of seconds > 0"
         )
     callback_base_url = (extra.get("callback_base_url") or "").strip() or None
-    if callback_base_url and not callback_base_url.startswith(("http://", "https://")):
+    if callback_base_url and (
+        not callback_base_url.startswith(("http://", "https://")) or any(c in callback_base_url for c in "?#")
+    ):
         raise VonageStudioConfigError(
-            f"connection {conn.conn_id!r}: extra 'callback_base_url' must start with http:// or https://"
+            f"connection {conn.conn_id!r}: extra 'callback_base_url' must be an http:// or https:// URL "
+            "without query or fragment (the receiver's path is appended to it)"
         )
     callback_secret = (extra.get("callback_secret") or "").strip() or None
     return ConnectionConfig(
@@ -274,6 +277,9 @@ class VonageStudioHook(BaseHook):
             "callback_base_url": StringField(lazy_gettext("Callback base URL"), widget=BS3TextFieldWidget()),
             "callback_secret": PasswordField(
                 lazy_gettext("Callback secret"), widget=BS3PasswordFieldWidget()
+            ),
+            "previous_callback_secrets": PasswordField(
+                lazy_gettext("Previous callback secrets"), widget=BS3PasswordFieldWidget()
             ),
             "timeout": StringField(lazy_gettext("Timeout (s)"), widget=BS3TextFieldWidget(), default="30"),
         }
@@ -538,10 +544,6 @@ class VonageStudioHook(BaseHook):
             call_ref,
             elide_token(status_url) if status_url else None,
         )
-        # Built before any slot is waited for: its first use imports requests (tens of ms), and a
-        # dial that leaves late after its slot crowds the next caller's slot into the agent's limit.
-        self.session  # noqa: B018
-
         # Build the session before taking a slot: its first-use cost (imports, TLS context) would
         # otherwise sit between the slot and the request and squeeze the gap to the next dial.
         self.session  # noqa: B018

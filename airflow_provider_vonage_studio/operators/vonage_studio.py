@@ -13,7 +13,12 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator, default_deferrable
+from airflow_provider_vonage_studio._compat import (
+    AirflowException,
+    AirflowFailException,
+    BaseOperator,
+    default_deferrable,
+)
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
 from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
@@ -443,6 +448,8 @@ class MakeCallsOperator(BaseOperator):
             default_country=self.default_country,
             calling_window=parse_calling_window(self.calling_window),
             progress_interval=self.progress_interval,
+            # Late-bound, so that tests can move the calling-window clock.
+            clock=lambda: _utcnow(),
             logger=self.log,
         )
 
@@ -546,6 +553,10 @@ class MakeCallsOperator(BaseOperator):
         """Resume after the status trigger: report every recipient from the ledger (never dials)."""
         if not isinstance(event, dict) or "call_statuses" not in event:
             raise AirflowFailException(f"the call status trigger ended without a usable event: {event!r}")
+        if event.get("status") == "error" and not event.get("errors"):
+            # The trigger gave up on the store itself (not on a call): a task retry waits again,
+            # and dials nobody again (the ledger says who was placed).
+            raise AirflowException(f"waiting for the batch's statuses failed: {event.get('message')}")
         statuses: dict[str, tuple[str | None, str | None]] = {
             ref: (status, None) for ref, status in (event.get("call_statuses") or {}).items()
         }
@@ -613,7 +624,8 @@ class MakeCallsOperator(BaseOperator):
 
 #: Protocols of object storage that is a local filesystem: there a temporary sibling can be
 #: renamed over the final file atomically. Object stores have no rename (it is copy + delete)
-#: but replace a whole object atomically on upload, so they are written directly.
+#: but replace a whole object atomically when an upload completes, so they are written to the
+#: final key directly.
 _LOCAL_PROTOCOLS = ("", "file", "local")
 
 
@@ -799,9 +811,12 @@ class ExportSessionsOperator(BaseOperator):
         import os
         import uuid
 
-        local = path.protocol in _LOCAL_PROTOCOLS
-        if not local:
-            return self._write_lines(path, sessions)
+        if path.protocol not in _LOCAL_PROTOCOLS:
+            # In an fsspec transaction the upload is committed only when every line is written;
+            # a failure mid-export discards it (e.g. aborts the multipart upload), so the earlier
+            # object stays whole instead of being replaced by a partial one.
+            with path.fs.transaction:
+                return self._write_lines(path, sessions)
         path.parent.mkdir(parents=True, exist_ok=True)
         # A hidden sibling, unique per attempt: a concurrent or killed try never leaves a
         # half-written file under the final name.
