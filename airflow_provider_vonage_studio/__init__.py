@@ -76,6 +76,14 @@ def get_provider_info() -> dict[str, Any]:
                         "default": None,
                         "sensitive": True,
                     },
+                    "callback_conn_id": {
+                        "description": "The vonage_studio connection whose callback_secret the "
+                        "receiver mounted in the API server uses to verify call tokens.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": None,
+                        "default": "vonage_studio_default",
+                    },
                 },
             }
         },
@@ -109,6 +117,12 @@ def _conn_fields() -> dict[str, Any]:
         "callback_secret": {
             "label": "Callback secret",
             "description": "HMAC key that signs each call's status_url token.",
+            "schema": {"type": ["string", "null"], "format": "password"},
+        },
+        "previous_callback_secrets": {
+            "label": "Previous callback secrets",
+            "description": "Comma-separated secrets still accepted by the receiver while tokens signed "
+            "with them may arrive (secret rotation).",
             "schema": {"type": ["string", "null"], "format": "password"},
         },
         "timeout": {

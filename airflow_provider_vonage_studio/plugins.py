@@ -1,8 +1,8 @@
 """Airflow plugin: the callback receiver and the outcome view inside the Airflow 3 API server.
 
-Registered through the ``airflow.plugins`` entry point (and declared in the provider info),
-so ``airflow api-server`` mounts :mod:`~airflow_provider_vonage_studio.callbacks.app` at
-``/vonage-studio``:
+Registered through the ``airflow.plugins`` entry point only (declaring it in the provider
+info too would register it twice when providers load eagerly), so ``airflow api-server``
+mounts :mod:`~airflow_provider_vonage_studio.callbacks.app` at ``/vonage-studio``:
 
 * ``POST /vonage-studio/calls/<token>/status`` -- AI Studio's status callbacks; set the
   connection's ``callback_base_url`` to ``https://<airflow host>/vonage-studio``;
@@ -62,7 +62,16 @@ class LazyReceiverApp:
                 if self._app is None:
                     from airflow_provider_vonage_studio.callbacks.app import create_app
 
-                    self._app = create_app(**self._kwargs)
+                    kwargs = dict(self._kwargs)
+                    if "conn_id" not in kwargs:
+                        from airflow_provider_vonage_studio._compat import conf
+
+                        # Read when the first request arrives, not at import: config may change
+                        # between plugin discovery and serving.
+                        kwargs["conn_id"] = conf.get(
+                            "vonage_studio", "callback_conn_id", fallback="vonage_studio_default"
+                        )
+                    self._app = create_app(**kwargs)
         return self._app
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:

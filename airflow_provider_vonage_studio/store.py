@@ -72,7 +72,7 @@ _KEY_MAX = 255
 
 
 class CallState(str, Enum):
-    """Where a call stands in the exactly-once ledger (see DESIGN "Exactly once")."""
+    """Where a call stands in the exactly-once ledger (see docs/guarantees.md)."""
 
     PENDING = "pending"  # row written, request not (yet) known to be sent
     PLACED = "placed"  # the API answered with a session id

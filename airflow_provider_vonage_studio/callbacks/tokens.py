@@ -34,7 +34,8 @@ CALL_REF_PREFIX = "vs-"
 # A call_ref becomes one URL path segment, so it is limited to RFC 3986 "unreserved"
 # characters: no escaping is ever needed and the token round-trips through any proxy.
 # The length cap keeps the status_url well inside every URL length limit.
-_CALL_REF_RE = re.compile(r"[A-Za-z0-9._~-]{1,200}")
+# 64: the call store's call_ref column; a longer ref could be signed but never recorded.
+_CALL_REF_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 # URL-safe base64 of a 32-byte HMAC-SHA256 digest without "=" padding is always 43 chars.
 _SIG_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 # The token segment in a status URL built by build_status_url.
@@ -96,7 +97,7 @@ def _check_secret(secret: str) -> bytes:
 def _check_call_ref(call_ref: str) -> None:
     if not isinstance(call_ref, str) or not _CALL_REF_RE.fullmatch(call_ref):
         raise ValueError(
-            "call_ref must be 1-200 URL-safe characters (letters, digits, '-', '_', '.', '~'), "
+            "call_ref must be 1-64 URL-safe characters (letters, digits, '-', '_', '.', '~'), "
             f"got {call_ref!r}"
         )
 
@@ -112,7 +113,7 @@ def sign_token(call_ref: str, secret: str) -> str:
     The signature is the URL-safe base64 (no padding) of HMAC-SHA256 keyed with ``secret``
     over ``call_ref``.
 
-    :raises ValueError: when ``secret`` is empty or not a str, or ``call_ref`` is not 1-200
+    :raises ValueError: when ``secret`` is empty or not a str, or ``call_ref`` is not 1-64
         URL-safe characters.
     """
     key = _check_secret(secret)

@@ -269,6 +269,7 @@ def _hook_for(monkeypatch, value):
         ({"timeout": "soon"}, "timeout"),
         ({"pace_scope": "galaxy"}, "pace_scope"),
         ({"callback_base_url": "ftp://x"}, "callback_base_url"),
+        ({"callback_base_url": "https://x.example/cb?a=1"}, "callback_base_url"),
     ],
 )
 def test_connection_errors_name_the_field(monkeypatch, extra, field):

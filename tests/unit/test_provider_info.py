@@ -64,6 +64,7 @@ def test_connection_fields_match_the_hook():
         "pace_scope",
         "callback_base_url",
         "callback_secret",
+        "previous_callback_secrets",
         "timeout",
     }
     assert conn_type["conn-fields"]["callback_secret"]["schema"]["format"] == "password"
@@ -76,7 +77,9 @@ def test_connection_fields_match_the_hook():
 def test_plugin_is_registered_once_through_its_entry_point():
     # Declaring it in the provider info too would register it twice when providers load eagerly.
     assert "plugins" not in get_provider_info()
-    eps = [ep for ep in metadata.entry_points(group="airflow.plugins") if ep.value.startswith("airflow_provider")]
+    eps = [
+        ep for ep in metadata.entry_points(group="airflow.plugins") if ep.value.startswith("airflow_provider")
+    ]
     assert [ep.value for ep in eps] == ["airflow_provider_vonage_studio.plugins:VonageStudioPlugin"]
 
 

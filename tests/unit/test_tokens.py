@@ -198,7 +198,7 @@ def test_empty_or_non_str_secret_is_a_config_error(secret: Any) -> None:
     assert not isinstance(info.value, InvalidToken)
 
 
-@pytest.mark.parametrize("call_ref", ["", "a/b", "a b", "é", "x" * 201, None])
+@pytest.mark.parametrize("call_ref", ["", "a/b", "a b", "é", "x" * 65, None])
 def test_sign_refuses_call_refs_that_are_not_one_url_segment(call_ref: Any) -> None:
     with pytest.raises(ValueError, match="call_ref"):
         sign_token(call_ref, SECRET)
@@ -236,7 +236,7 @@ def test_random_text_never_verifies_and_raises_only_invalid_token(text: str) -> 
 
 
 @FAST
-@given(st.from_regex(r"[A-Za-z0-9._~-]{1,200}", fullmatch=True), st.text(min_size=1, max_size=50))
+@given(st.from_regex(r"[A-Za-z0-9._~-]{1,64}", fullmatch=True), st.text(min_size=1, max_size=50))
 def test_round_trip_property(call_ref: str, secret: str) -> None:
     assert verify_token(sign_token(call_ref, secret), secret) == call_ref
 
