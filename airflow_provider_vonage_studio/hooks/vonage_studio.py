@@ -485,6 +485,15 @@ class VonageStudioHook(BaseHook):
                 self.log.info("Call %s was refused by AI Studio on an earlier try; not dialing.", call_ref)
                 raise err
         elif not redial_unknown:
+            if state == "pending":
+                # A try was killed between writing the row and recording the answer: say so in
+                # the ledger (compare-and-set, so an outcome recorded meanwhile is kept).
+                from airflow_provider_vonage_studio.store import CallStateConflict
+
+                try:
+                    store.mark_unknown(call_ref, "an earlier try ended while dialing", expected=earlier)
+                except CallStateConflict:
+                    pass
             raise CallOutcomeUnknown(
                 f"call {call_ref} to {redact(destination)} was sent on an earlier try and its outcome is "
                 f"unknown ({state}): it may or may not have rung, so it is not dialed again. Check the "

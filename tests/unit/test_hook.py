@@ -406,6 +406,8 @@ def test_stale_pending_is_not_redialed(hook, requests_mock):
     with pytest.raises(CallOutcomeUnknown, match="pending"):
         hook.make_call("9725411116037", "agent-1", call_ref="vs-ref-4")
     assert requests_mock.call_count == 0
+    # The ledger now says what the retry found: a dial whose outcome nobody recorded.
+    assert hook.store.get_call("vs-ref-4").state.value == "unknown"
 
 
 def test_rate_limited_exhausted_may_be_dialed_by_a_later_try(hook, requests_mock):
