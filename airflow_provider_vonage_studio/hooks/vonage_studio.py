@@ -488,12 +488,12 @@ class VonageStudioHook(BaseHook):
             if state == "pending":
                 # A try was killed between writing the row and recording the answer: say so in
                 # the ledger (compare-and-set, so an outcome recorded meanwhile is kept).
+                from contextlib import suppress
+
                 from airflow_provider_vonage_studio.store import CallStateConflict
 
-                try:
+                with suppress(CallStateConflict):
                     store.mark_unknown(call_ref, "an earlier try ended while dialing", expected=earlier)
-                except CallStateConflict:
-                    pass
             raise CallOutcomeUnknown(
                 f"call {call_ref} to {redact(destination)} was sent on an earlier try and its outcome is "
                 f"unknown ({state}): it may or may not have rung, so it is not dialed again. Check the "
