@@ -5,10 +5,7 @@ that fails (busy, reported through the callback receiver)."""
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -165,25 +162,14 @@ def test_deferrable_mode_goes_through_the_trigger(base_env, emulator, answers_db
 @pytest.fixture
 def receiver(base_env):
     """The provider's callback receiver under uvicorn, writing to the DAG runs' call store."""
-    import uvicorn
-
     from airflow_provider_vonage_studio.callbacks.app import create_app
     from airflow_provider_vonage_studio.store import CallStore
+    from airflow_provider_vonage_studio.testing.servers import ThreadedServer
 
     store = CallStore(base_env["AIRFLOW__VONAGE_STUDIO__STORE_URL"])
     app = create_app(store=store, secret_provider=lambda: [SECRET], outcome_view="off")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    with ThreadedServer(app) as server:
+        yield server.url
     store.dispose()
 
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import struct
 import tempfile
-import threading
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -18,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import requests
-import uvicorn
 
 from airflow_provider_vonage_studio.callbacks import view
 from airflow_provider_vonage_studio.callbacks.app import create_app
 from airflow_provider_vonage_studio.callbacks.tokens import make_call_ref, sign_token
 from airflow_provider_vonage_studio.store import CallRecord, CallState, CallStore
+from airflow_provider_vonage_studio.testing.servers import ThreadedServer
 from tests.conftest import TEST_SECRET
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,26 +38,13 @@ CALLS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served_view(tmp_path: Path) -> Iterator[tuple[str, CallStore]]:
     """The receiver (outcome view public) under uvicorn on 127.0.0.1, with a few calls recorded."""
     store = CallStore(f"sqlite:///{tmp_path / 'vonage_studio.db'}")
     app = create_app(store=store, secret_provider=lambda: [TEST_SECRET], outcome_view="public")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    server = ThreadedServer(app).start(timeout=30)
+    base = server.url
 
     started = datetime.now(timezone.utc) - timedelta(hours=3)
     with requests.Session() as http:
@@ -99,8 +83,7 @@ def served_view(tmp_path: Path) -> Iterator[tuple[str, CallStore]]:
     try:
         yield base, store
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
         store.dispose()
 
 

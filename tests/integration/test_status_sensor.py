@@ -9,8 +9,6 @@ and records it in the store; the sensor (poke mode), the trigger (deferrable) an
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from airflow_provider_vonage_studio.operators.vonage_studio import MakeCallOpera
 from airflow_provider_vonage_studio.sensors.vonage_studio import CallStatusSensor
 from airflow_provider_vonage_studio.store import CallStore
 from airflow_provider_vonage_studio.testing.emulator import Emulator
+from airflow_provider_vonage_studio.testing.servers import ThreadedServer
 from airflow_provider_vonage_studio.triggers.vonage_studio import CallStatusTrigger
 
 KEY = "integration-key-4c3b2a1f"
@@ -41,35 +40,6 @@ class Stack:
     store: CallStore
 
 
-class _Receiver:
-    """The callback receiver app under uvicorn, in a daemon thread, on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def __enter__(self) -> _Receiver:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "the callback receiver did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(5)
-        self._sock.close()
-
-
 @pytest.fixture
 def stack(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     from airflow_provider_vonage_studio.callbacks.app import create_app
@@ -78,7 +48,7 @@ def stack(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     app = create_app(store=store, secret_provider=lambda: [SECRET], outcome_view="off")
     with (
         Emulator(api_keys=(KEY,), agents=(AGENT,), calls_per_second=5, callback_delay=0.2) as emulator,
-        _Receiver(app) as receiver,
+        ThreadedServer(app) as receiver,
     ):
         monkeypatch.setenv(
             "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT",
