@@ -77,6 +77,14 @@ def test_mapped_expand_over_three_numbers(base_env, emulator):
     # Neither the key nor a full number reaches the task logs.
     logs = "\n".join(p.read_text() for p in (Path(env["AIRFLOW_HOME"]) / "logs").rglob("*") if p.is_file())
     assert KEY not in logs + proc.stdout + proc.stderr
+    # Nor the rendered template fields Airflow stores for the UI, nor any XCom.
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+        rendered = db.execute(
+            "select rendered_fields from rendered_task_instance_fields where dag_id = 'vs_mapped_calls'"
+        ).fetchall()
+        xcoms = db.execute("select value from xcom where dag_id = 'vs_mapped_calls'").fetchall()
+    assert len(rendered) == 3 and "CALLER_NAME" in str(rendered)
+    assert KEY not in str(rendered) + str(xcoms)
     assert "447700900123" not in logs
 
 
