@@ -363,6 +363,8 @@ class Demo:
 
     def start_emulator(self) -> None:
         """Start the emulator subprocess with the script; read its URL from its first line."""
+        from airflow_provider_vonage_studio.testing.emulator import KEYS_ENV
+
         cmd = [
             sys.executable,
             "-m",
@@ -371,8 +373,6 @@ class Demo:
             "0",
             "--agent",
             AGENT_ID,
-            "--key",
-            self.api_key,
             "--calls-per-second",
             "1",
             "--callback-delay",
@@ -380,7 +380,8 @@ class Demo:
         ]
         for to, outcome in SCRIPT.items():
             cmd += ["--script", f"{to}={outcome}"]
-        component = self.start("emulator", cmd, os.environ)
+        # The key goes through the environment: command lines are visible to everyone in ps.
+        component = self.start("emulator", cmd, {**os.environ, KEYS_ENV: self.api_key})
 
         def url() -> str | None:
             for line in component.log_path.read_text(errors="replace").splitlines():

@@ -49,6 +49,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import re
 import signal
 import socket
@@ -1525,6 +1526,13 @@ def _parse_script(value: str) -> tuple[str, str]:
     return to, outcome
 
 
+KEYS_ENV = "VONAGE_STUDIO_EMULATOR_KEYS"
+
+
+def _keys_from_env() -> tuple[str, ...]:
+    return tuple(k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip())
+
+
 def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_provider_vonage_studio.testing.emulator",
@@ -1540,7 +1548,11 @@ def _argument_parser() -> argparse.ArgumentParser:
         help="known agent, optionally with its own calls per second (repeatable; default agent-1)",
     )
     parser.add_argument(
-        "--key", action="append", metavar="KEY", help="accepted X-Vgai-Key (repeatable; default test-key)"
+        "--key",
+        action="append",
+        metavar="KEY",
+        help=f"accepted X-Vgai-Key (repeatable; default: comma-separated ${KEYS_ENV}, else test-key). "
+        f"Prefer ${KEYS_ENV} for real-looking keys: arguments are visible to every user in ps",
     )
     parser.add_argument("--calls-per-second", type=int, default=1, help="per-agent limit (default 1)")
     parser.add_argument("--rate-tolerance", type=float, default=0.05, help="rate window slack (default 0.05)")
@@ -1570,7 +1582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         emulator = Emulator(
-            api_keys=tuple(args.key or ("test-key",)),
+            api_keys=tuple(args.key or _keys_from_env() or ("test-key",)),
             agents=dict(args.agent or [("agent-1", AgentConfig())]),
             calls_per_second=args.calls_per_second,
             rate_tolerance=args.rate_tolerance,

@@ -732,7 +732,8 @@ def test_connection_helpers_parse_in_airflow(emulator: Emulator) -> None:
         assert conn.extra_dejson == {"calls_per_second": 1000, "timeout": 3}
 
 
-def test_cli_serves_until_sigterm(http: requests.Session) -> None:
+@pytest.mark.parametrize("key_via", ["argument", "environment"])
+def test_cli_serves_until_sigterm(http: requests.Session, key_via: str) -> None:
     command = [
         sys.executable,
         "-m",
@@ -741,12 +742,17 @@ def test_cli_serves_until_sigterm(http: requests.Session) -> None:
         "0",
         "--agent",
         AGENT,
-        "--key",
-        KEY,
         "--script",
         f"{NUMBER}=busy",
     ]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    env = dict(os.environ)
+    if key_via == "argument":
+        command += ["--key", KEY]
+    else:  # kept out of the command line, which every user can read in ps
+        env["VONAGE_STUDIO_EMULATOR_KEYS"] = f"another-key, {KEY}"
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         stdout = proc.stdout
         lines: queue.Queue[str] = queue.Queue()
