@@ -17,6 +17,7 @@ import it while DAG files are parsed.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +53,8 @@ __all__ = [
     "normalize_fail_on",
     "normalize_interval",
     "open_store",
+    "record_verdict",
+    "record_verdicts",
     "wait_for_call",
 ]
 
@@ -76,6 +79,8 @@ DEFAULT_ANSWER_WINDOW = timedelta(seconds=90)
 #: away, so a row still pending after 10 min belongs to a placing task that was killed
 #: mid-request: nobody will ever complete it.
 PENDING_TIMEOUT = timedelta(minutes=10)
+
+_log = logging.getLogger(__name__)
 
 # open_store's cache of explicitly named stores (CallStore.default() caches the configured one).
 _STORES: dict[str, CallStore] = {}
@@ -262,6 +267,63 @@ def open_store(store_url: str | None = None) -> CallStore:
         if store is None:
             store = _STORES[store_url] = CallStore(store_url)
         return store
+
+
+def record_verdict(
+    store: CallStore | str | Callable[[], CallStore] | None,
+    call_ref: str | None,
+    status: str | None,
+    *,
+    log: Any = None,
+) -> None:
+    """Store the final status a waiting task decided for ``call_ref``, so the outcome view
+    shows what the DAG reported (``answered`` is never reported by AI Studio itself).
+
+    ``store`` is a :class:`~airflow_provider_vonage_studio.store.CallStore`, a store URL
+    (``None``: the configured store) or a function returning the store. Anything but a final
+    status (``answered`` or a failure status) is ignored. The verdict is informational: a
+    failure to write it is logged as a warning (no numbers in it) and never raised, so it
+    cannot fail the task.
+    """
+    if not call_ref or status not in FINAL_STATUSES:
+        return
+    record_verdicts(store, {call_ref: status}, log=log)
+
+
+def record_verdicts(
+    store: CallStore | str | Callable[[], CallStore] | None,
+    verdicts: Mapping[str, str | None],
+    *,
+    log: Any = None,
+) -> None:
+    """:func:`record_verdict` for many calls at once (one write transaction); never raises.
+
+    ``store`` may also be a function returning the store (opened only when there is a verdict).
+    """
+    final = {ref: status for ref, status in verdicts.items() if ref and status in FINAL_STATUSES}
+    if not final:
+        return
+    try:
+        if store is None or isinstance(store, str):
+            opened = open_store(store)
+        elif callable(store):
+            opened = store()
+        else:
+            opened = store
+        if len(final) == 1:
+            ((ref, status),) = final.items()
+            opened.record_outcome(ref, status)
+        else:
+            opened.record_outcomes(final)
+    except Exception as exc:
+        # The type only: a database error's text could quote a row (and with it a number).
+        (log or _log).warning(
+            "Could not store the verdict of %d call(s) (e.g. %s) for the outcome view: %s; the task's "
+            "result is not affected",
+            len(final),
+            next(iter(final)),
+            type(exc).__name__,
+        )
 
 
 def check_call(

@@ -43,6 +43,7 @@ from airflow_provider_vonage_studio.exceptions import UnknownCall, VonageStudioC
 
 __all__ = [
     "FAILURE_STATUSES",
+    "OUTCOME_VALUES",
     "SCHEMA_VERSION",
     "CallRecord",
     "CallState",
@@ -56,10 +57,14 @@ __all__ = [
 
 #: Version of the table layout this code writes. Bump it together with an entry in
 #: ``_MIGRATIONS`` whenever a table changes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Statuses AI Studio posts to ``status_url`` (only when the callee did not pick up).
 FAILURE_STATUSES: tuple[str, ...] = ("cancelled", "rejected", "busy", "timeout", "failed")
+
+#: Verdicts :meth:`CallStore.record_outcome` accepts: ``answered`` (inferred by the waiting
+#: task) or a failure status.
+OUTCOME_VALUES: tuple[str, ...] = ("answered", *FAILURE_STATUSES)
 
 # Rows fetched per ``IN (...)`` query: well under SQLite's oldest bound-parameter limit (999).
 _CHUNK = 500
@@ -127,6 +132,10 @@ class CallRecord:
     parameters: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    #: The final verdict the waiting task reported (``answered`` or a failure status) and when
+    #: it was stored; ``None`` until a sensor or waiting operator decided (schema version 2).
+    outcome: str | None = None
+    outcome_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,9 @@ calls_table = sa.Table(
     sa.Column("parameters", _JSONText),
     sa.Column("created_at", _UTCDateTime, nullable=False),
     sa.Column("updated_at", _UTCDateTime, nullable=False),
+    # Schema version 2: the waiting task's final verdict (AI Studio never reports "answered").
+    sa.Column("outcome", sa.String(_STATUS_MAX)),
+    sa.Column("outcome_at", _UTCDateTime),
     sa.Index("ix_vonage_studio_calls_dag_run", "dag_id", "run_id"),
     sa.Index("ix_vonage_studio_calls_state", "state"),
     # recent_calls() orders by it; without the index that is a full scan of a growing ledger.
@@ -270,21 +282,40 @@ schema_version_table = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
 )
 
+
+def _add_missing_columns(conn: Connection, table: sa.Table, names: Sequence[str]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of ``names`` that ``table`` lacks in the database.
+
+    Checking first keeps a migration idempotent (a column added by hand, or a rerun after a
+    partial upgrade on a backend without transactional DDL); the type is rendered from the
+    column's definition in ``metadata``, so the DDL matches what ``create_all`` would create.
+    Only nullable columns without defaults can be added this way on every backend.
+    """
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    preparer = conn.dialect.identifier_preparer
+    for name in names:
+        if name in present:
+            continue
+        column = table.c[name]
+        column_type = column.type.compile(dialect=conn.dialect)
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {column_type}"
+            )
+        )
+
+
+def _add_call_outcome(conn: Connection) -> None:
+    """Version 2: ``vonage_studio_calls.outcome`` and ``outcome_at`` (the waiting task's verdict)."""
+    _add_missing_columns(conn, calls_table, ("outcome", "outcome_at"))
+
+
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
-#: Each runs inside the schema transaction (under the schema lock) on the connection it is
-#: given, after ``create_all`` has created any table that did not exist. Example for a
-#: later release that adds a column::
-#:
-#:     SCHEMA_VERSION = 2
-#:     calls_table gets sa.Column("attempt", sa.Integer, nullable=False, server_default="1")
-#:
-#:     def _add_attempt(conn: Connection) -> None:
-#:         conn.execute(
-#:             sa.text("ALTER TABLE vonage_studio_calls ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
-#:         )
-#:
-#:     _MIGRATIONS = {2: _add_attempt}
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+#: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
+#: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
+#: any table that did not exist (a new database is created at the current version directly and
+#: runs none). Bump ``SCHEMA_VERSION`` together with a new entry; steps must be idempotent.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_call_outcome}
 
 # Execution option read by the SQLite "begin" hook: which BEGIN to emit.
 _BEGIN_OPTION = "vonage_studio_sqlite_begin"
@@ -553,6 +584,66 @@ class CallStore:
             action="mark unknown",
             where=None if expected is None else calls_table.c.updated_at == expected.updated_at,
         )
+
+    def record_outcome(self, call_ref: str, outcome: str) -> None:
+        """Store the final verdict a waiting task reported for the call (``answered`` or a failure
+        status), with ``outcome_at`` = now.
+
+        The first verdict wins: a call that already has one keeps it (two sensors watching one
+        call, a task retried after its verdict was stored). ``updated_at`` is left alone: the
+        ledger's compare-and-set steps key on it, and a verdict is not a change of the dial.
+
+        :raises VonageStudioConfigError: ``outcome`` is not one of :data:`OUTCOME_VALUES`.
+        :raises UnknownCall: there is no such call.
+        """
+        if outcome not in OUTCOME_VALUES:
+            raise VonageStudioConfigError(
+                f"outcome: expected one of {', '.join(OUTCOME_VALUES)}, got {outcome!r}"
+            )
+        t = calls_table
+        with self._transaction(write=True) as conn:
+            # "outcome IS NULL" in the UPDATE itself: of two racing writers only one matches.
+            if conn.execute(
+                t.update()
+                .where(t.c.call_ref == call_ref, t.c.outcome.is_(None))
+                .values(outcome=outcome, outcome_at=_utcnow())
+            ).rowcount:
+                return
+            exists = conn.execute(sa.select(t.c.call_ref).where(t.c.call_ref == call_ref)).first()
+        if exists is None:
+            raise UnknownCall(f"call_ref {call_ref!r}: no such call in the call store")
+
+    def record_outcomes(self, outcomes: Mapping[str, str]) -> int:
+        """:meth:`record_outcome` for many calls in one write transaction (a batch's verdicts).
+
+        Calls that already have a verdict keep it; unknown call refs are skipped. Returns
+        how many verdicts were written.
+
+        :raises VonageStudioConfigError: before anything is written, for a value not in
+            :data:`OUTCOME_VALUES`.
+        """
+        bad = sorted({value for value in outcomes.values() if value not in OUTCOME_VALUES})
+        if bad:
+            raise VonageStudioConfigError(
+                f"outcome: expected one of {', '.join(OUTCOME_VALUES)}, got {bad!r}"
+            )
+        if not outcomes:
+            return 0
+        t = calls_table
+        now = _utcnow()
+        written = 0
+        by_value: dict[str, list[str]] = {}
+        for ref, value in outcomes.items():
+            by_value.setdefault(value, []).append(ref)
+        with self._transaction(write=True) as conn:
+            for value, refs in sorted(by_value.items()):
+                for chunk in _chunks(sorted(refs)):
+                    written += conn.execute(
+                        t.update()
+                        .where(t.c.call_ref.in_(chunk), t.c.outcome.is_(None))
+                        .values(outcome=value, outcome_at=now)
+                    ).rowcount
+        return written
 
     def set_parameters(self, call_ref: str, params: dict[str, str]) -> None:
         """Keep what the conversation collected (Insights session parameters) with the call.
@@ -1002,6 +1093,8 @@ def _record_from_values(values: Mapping[Any, Any]) -> CallRecord:
         parameters=get("parameters"),
         created_at=values["created_at"],
         updated_at=values["updated_at"],
+        outcome=get("outcome"),
+        outcome_at=get("outcome_at"),
     )
 
 

@@ -11,11 +11,15 @@ Phone numbers are always redacted. Who may see it is decided by the receiver app
 (:func:`~airflow_provider_vonage_studio.callbacks.app.create_app`, ``outcome_view``):
 inside the Airflow API server, users logged in to Airflow, for the DAGs they may read.
 
-What the *outcome* column says: AI Studio reports only calls that were not picked up, so a
-placed call without a callback shows ``no failure reported`` (the sensor infers
-``answered`` once its answer window has passed); a callback's status (``busy``,
-``timeout``, ...) is shown as it arrived (the first one, when several did); calls the API
-refused show ``rejected by API``, calls whose request got no answer ``outcome unknown``.
+What the *outcome* column says: when a waiting task (``CallStatusSensor``,
+``MakeCallOperator(wait_for_status=True)``, ...) decided the call's final status, that verdict
+is shown, ``answered`` included (AI Studio never reports it: it is inferred when no failure
+callback came within the answer window). Otherwise: AI Studio reports only calls that were not
+picked up, so a placed call without a callback shows ``no failure reported``; a callback's
+status (``busy``, ``timeout``, ...) is shown as it arrived (the first one, when several did);
+calls the API refused show ``rejected by API``, calls whose request got no answer
+``outcome unknown``. A failure reported after an ``answered`` verdict is noted under it (a
+hint that the answer window is too short).
 
 Pure functions of :class:`~airflow_provider_vonage_studio.store.CallRecord` lists; this
 module imports nothing heavy.
@@ -50,7 +54,8 @@ MAX_LIMIT = 5000
 
 #: Every outcome the view shows, in display order: (key, label, colour).
 OUTCOMES: tuple[tuple[str, str, str], ...] = (
-    ("no_failure_reported", "no failure reported", "#2e7d32"),
+    ("answered", "answered", "#2e7d32"),
+    ("no_failure_reported", "no failure reported", "#66bb6a"),
     ("busy", "busy", "#ef6c00"),
     ("timeout", "timeout", "#f9a825"),
     ("rejected", "rejected", "#c62828"),
@@ -110,6 +115,8 @@ class Filters:
 def outcome_of(call: CallRecord) -> str:
     """The outcome key of one call (see the module docstring); one of :data:`OUTCOMES`' keys
     or, should AI Studio ever post a new status, that status."""
+    if call.outcome:
+        return call.outcome
     if call.status:
         return call.status
     state = getattr(call.state, "value", call.state)
@@ -264,6 +271,8 @@ def _call_json(call: CallRecord) -> dict[str, Any]:
         "state": getattr(call.state, "value", call.state),
         "status": call.status,
         "outcome": outcome_of(call),
+        "verdict": call.outcome,
+        "verdict_at": _iso(call.outcome_at),
         "error": _error_text(call),
         "session_id": call.session_id,
         "session_start_time": _iso(call.session_start_time),
@@ -371,6 +380,9 @@ def _outcome_cell(call: CallRecord) -> str:
     error = _error_text(call)
     if error:
         extra = f'<div class="muted">{_e(error)}</div>'
+    elif call.outcome and call.status and call.status != call.outcome:
+        # A failure callback that came after the verdict: the answer window may be too short.
+        extra = f'<div class="muted" data-col="late-status">{_e(call.status)} reported later</div>'
     elif call.status and call.status_at:
         extra = f'<div class="muted">{_e(call.status_at.strftime("%Y-%m-%d %H:%M:%S"))} UTC</div>'
     return (
@@ -442,8 +454,9 @@ def render_outcomes_html(
         f"<style>{_CSS}</style></head><body>"
         "<h1>Call outcomes</h1>"
         f'<p class="sub">Vonage AI Studio calls placed by Airflow: {scope_text}. Numbers are redacted. '
-        "“No failure reported” means AI Studio sent no failure callback; the sensor reports "
-        "<em>answered</em> once its answer window has passed. Generated "
+        "<em>Answered</em> is the verdict of the task that waited for the call: no failure callback "
+        "within its answer window. “No failure reported” means AI Studio sent no failure callback "
+        "and no task has decided yet. Generated "
         f"{_e(now.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S'))} UTC.</p>"
         '<section class="card"><form method="get" action="">'
         f'<label>DAG id<input name="dag_id" value="{_e(filters.dag_id or "")}"></label>'

@@ -208,7 +208,8 @@ class MakeCallOperator(BaseOperator):
         self, context: Context, call: dict[str, Any], hook: VonageStudioHook
     ) -> dict[str, Any]:
         """Wait for the placed call's final status: defer to the trigger, or poll here."""
-        from airflow_provider_vonage_studio.outcome import wait_for_call
+        from airflow_provider_vonage_studio.exceptions import CallFailed
+        from airflow_provider_vonage_studio.outcome import record_verdict, wait_for_call
 
         # Downstream tasks (and the UI) can read call_ref while the wait is still going on.
         context["ti"].xcom_push(key="call", value=call)
@@ -238,16 +239,24 @@ class MakeCallOperator(BaseOperator):
                 log=self.log.info,
             )
         except VonageStudioError as exc:
+            if isinstance(exc, CallFailed):
+                record_verdict(hook.store, call_ref, exc.call_status, log=self.log)
             raise fail_task(exc) from exc
         self.log.info("Call %s ended: %s", call_ref, outcome.describe())
+        # Stored so the outcome view shows what this task reported (AI Studio never says "answered").
+        record_verdict(hook.store, call_ref, outcome.status, log=self.log)
         return {**call, "status": outcome.status}
 
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None, call: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Resume after the trigger: the placed call plus its ``status`` (never dials)."""
-        from airflow_provider_vonage_studio.sensors.vonage_studio import raise_for_trigger_event
+        from airflow_provider_vonage_studio.sensors.vonage_studio import (
+            raise_for_trigger_event,
+            record_event_verdict,
+        )
 
+        record_event_verdict(event, lambda: self.hook.store, self.log)
         event = raise_for_trigger_event(event)
         self.log.info("Call %s ended: %s", event.get("call_ref"), event["call_status"])
         return {**(call or {}), "status": event["call_status"]}
@@ -596,6 +605,15 @@ class MakeCallsOperator(BaseOperator):
                 results[position] = replace(
                     result, with_status=True, status=status, reason=result.reason or why
                 )
+            from airflow_provider_vonage_studio.outcome import record_verdicts
+
+            # Stored (one transaction) so the outcome view shows what this task reported,
+            # "answered" included, before fail_on may fail the task below.
+            record_verdicts(
+                lambda: self.hook.store,
+                {r.call_ref: r.status for r in results if r.call_ref and r.status},
+                log=self.log,
+            )
         failed = [r for r in results if r.result in (ResultKind.REJECTED, ResultKind.UNKNOWN)]
         bad_status = [r for r in results if r.status is not None and r.status in self.fail_on]
         data = [r.to_dict() for r in results]

@@ -6,12 +6,12 @@ trigger machinery at top level (both load inside ``execute``/``poke``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_vonage_studio._compat import AirflowException, BaseSensorOperator, default_deferrable
-from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
+from airflow_provider_vonage_studio.exceptions import CallFailed, VonageStudioConfigError, VonageStudioError
 from airflow_provider_vonage_studio.operators.vonage_studio import fail_task
 from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
@@ -22,14 +22,22 @@ from airflow_provider_vonage_studio.outcome import (
     normalize_answer_window,
     normalize_fail_on,
     open_store,
+    record_verdict,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import PokeReturnValue
 
     from airflow_provider_vonage_studio._compat import Context
+    from airflow_provider_vonage_studio.store import CallStore
 
-__all__ = ["CallStatusSensor", "check_call_status", "raise_for_trigger_event", "resolve_call_ref"]
+__all__ = [
+    "CallStatusSensor",
+    "check_call_status",
+    "raise_for_trigger_event",
+    "record_event_verdict",
+    "resolve_call_ref",
+]
 
 
 def resolve_call_ref(value: Any) -> str:
@@ -58,19 +66,44 @@ def check_call_status(
     answer_window: timedelta,
     fail_on: Iterable[str],
     store_url: str | None = None,
+    log: Any = None,
 ) -> CallOutcome | None:
     """One check of ``call_ref`` against the store, errors turned into task failures.
 
-    Shared by the sensors of this module. Returns the outcome, or ``None`` to keep waiting.
+    Shared by the sensors of this module (in the worker). Returns the outcome, or ``None`` to
+    keep waiting. A final status, returned or raised, is stored with the call as its verdict
+    (:func:`~airflow_provider_vonage_studio.outcome.record_verdict`; never fails the check).
 
     :raises AirflowFailException: for an unknown call, a call refused or of unknown outcome
         at placement, or a final status in ``fail_on`` (re-running cannot change any of them).
     """
     ref = resolve_call_ref(call_ref)
     try:
-        return check_call(open_store(store_url), ref, answer_window=answer_window, fail_on=fail_on)
+        outcome = check_call(open_store(store_url), ref, answer_window=answer_window, fail_on=fail_on)
     except VonageStudioError as exc:
+        if isinstance(exc, CallFailed):
+            record_verdict(store_url, ref, exc.call_status, log=log)
         raise fail_task(exc) from exc
+    if outcome is not None:
+        record_verdict(store_url, ref, outcome.status, log=log)
+    return outcome
+
+
+def record_event_verdict(
+    event: Mapping[str, Any] | None,
+    store: CallStore | str | Callable[[], CallStore] | None,
+    log: Any = None,
+) -> None:
+    """Store the verdict a status trigger's event carries (a ``success`` event's ``call_status``,
+    or an ``error`` event's for a status in ``fail_on``), in the worker that resumed. Never raises.
+
+    ``store`` as for :func:`~airflow_provider_vonage_studio.outcome.record_verdict`.
+    """
+    if not isinstance(event, Mapping):
+        return
+    call_ref, status = event.get("call_ref"), event.get("call_status")
+    if isinstance(call_ref, str) and isinstance(status, str):
+        record_verdict(store, call_ref, status, log=log)
 
 
 def raise_for_trigger_event(event: dict[str, Any] | None) -> dict[str, Any]:
@@ -145,7 +178,11 @@ class CallStatusSensor(BaseSensorOperator):
     def check(self) -> CallOutcome | None:
         """One check of :attr:`call_ref` (see :func:`check_call_status`)."""
         return check_call_status(
-            self.call_ref, answer_window=self.answer_window, fail_on=self.fail_on, store_url=self.store_url
+            self.call_ref,
+            answer_window=self.answer_window,
+            fail_on=self.fail_on,
+            store_url=self.store_url,
+            log=self.log,
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
@@ -185,6 +222,7 @@ class CallStatusSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after :class:`CallStatusTrigger`: return its status or fail like :meth:`poke`."""
+        record_event_verdict(event, self.store_url, self.log)
         event = raise_for_trigger_event(event)
         status = str(event["call_status"])
         self.log.info("Call %s ended: %s (reported by the trigger)", event.get("call_ref"), status)
@@ -406,15 +444,18 @@ class CallResultSensor(BaseSensorOperator):
         :raises AirflowFailException: for non-retryable errors (see the class).
         :raises VonageStudioError: for retryable ones (the API unreachable after the hook's retries).
         """
+        target = self._target()
         try:
             return check_call_result(
                 hook=self.hook,
                 required_parameters=_parameter_names(self.required_parameters),
                 fail_on=self.fail_on,
                 store_url=self.store_url,
-                **self._target(),
+                **target,
             )
         except VonageStudioError as exc:
+            if isinstance(exc, CallFailed):
+                record_verdict(self.store_url, target.get("call_ref"), exc.call_status, log=self.log)
             raise fail_task(exc) from exc
 
     def _finish(self, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -424,6 +465,7 @@ class CallResultSensor(BaseSensorOperator):
             self.log.info(
                 "Call %s ended with status %s: no parameters to wait for", call_ref, result["call_status"]
             )
+            record_verdict(self.store_url, call_ref, result["call_status"], log=self.log)
             return {"status": result["call_status"]}
         parameters = {str(k): str(v) for k, v in dict(result.get("parameters") or {}).items()}
         if call_ref:
@@ -480,6 +522,8 @@ class CallResultSensor(BaseSensorOperator):
         if event.get("status") != "success":
             if event.get("retryable"):
                 raise AirflowException(str(event.get("message") or "the call result trigger failed"))
+            # A status in fail_on: its error event names the call and the status.
+            record_event_verdict(event, self.store_url, self.log)
             raise fail_task(error_from_event(event))
         self.log.info("Result reported by the trigger")
         return self._finish(event)

@@ -84,10 +84,12 @@ def test_make_demo_runs_reminder_calls_on_a_running_airflow() -> None:
     assert re.search(
         r"outcome view .*http://127\.0\.0\.1:\d+/auth/token/login\?next=%2Fvonage-studio%2Foutcomes", out
     )
-    # The outcome view (the plugin, behind Airflow's login) counts the run's calls.
+    # The outcome view (the plugin, behind Airflow's login) counts the run's calls, with the
+    # verdict the waiting task stored ("answered" is never reported by AI Studio itself).
     counts = re.search(r"the outcome view shows for this run: (\{.*\})$", out, re.M)
     assert counts, out
     assert {k: v for k, v in json.loads(counts.group(1)).items() if k in SCRIPT.values()} == {
+        "answered": 1,
         "busy": 1,
         "timeout": 1,
         "rejected": 1,

@@ -502,10 +502,10 @@ SECRET = "exactly-once-callback-secret-61e0"
 def with_receiver(live: Live, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
     """The real callback receiver in front of the ledger, and the connection pointing at it."""
     from airflow_provider_vonage_studio.callbacks.app import create_app
-    from tests.dags.conftest import ReceiverServer
+    from airflow_provider_vonage_studio.testing.servers import ThreadedServer
 
     app = create_app(store=live.store, secret_provider=lambda: [SECRET], outcome_view="off")
-    receiver = ReceiverServer(app).start()
+    receiver = ThreadedServer(app).start()
     monkeypatch.setenv(
         "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT",
         live.emulator.connection_json(callback_base_url=receiver.url, callback_secret=SECRET),
@@ -559,6 +559,9 @@ def test_batch_waits_for_every_status_with_one_trigger(with_receiver: Live) -> N
         ("rejected", None),
     ]
     assert len(with_receiver.emulator.calls) == 3  # resuming never dials
+    # Every verdict is stored for the outcome view, although fail_on failed the task.
+    records = with_receiver.store.get_calls([r["call_ref"] for r in results if r["call_ref"]])
+    assert [records[r["call_ref"]].outcome for r in results[:3]] == ["busy", "answered", "timeout"]
 
 
 def test_batch_waits_for_statuses_in_process(with_receiver: Live) -> None:
@@ -573,3 +576,5 @@ def test_batch_waits_for_statuses_in_process(with_receiver: Live) -> None:
     )
     results = op.execute(_ctx())
     assert [r["status"] for r in results] == ["busy", "answered", "timeout"]
+    records = with_receiver.store.get_calls([r["call_ref"] for r in results])
+    assert [records[r["call_ref"]].outcome for r in results] == ["busy", "answered", "timeout"]

@@ -227,6 +227,8 @@ def test_failed_call_ends_the_sensor_at_once(emulator, store, store_url):
     )
     with pytest.raises(AirflowFailException, match="busy"):
         failing.poke({})
+    # The failure is stored as the call's verdict, for the outcome view.
+    assert store.get_call(call.call_ref).outcome == "busy"
     returning = CallResultSensor(
         task_id="read",
         call_ref=call.call_ref,
@@ -314,6 +316,12 @@ def test_trigger_failure_statuses(emulator, store, store_url):
     assert event.payload["status"] == "error"
     assert event.payload["error_type"] == "CallFailed" and event.payload["call_status"] == "timeout"
     assert event.payload["retryable"] is False
+    # Only the worker that resumes writes the verdict; the trigger never does.
+    assert store.get_call(call.call_ref).outcome is None
+    sensor = CallResultSensor(task_id="read", call_ref=call.call_ref, store_url=store_url)
+    with pytest.raises(AirflowFailException, match="timeout"):
+        sensor.execute_complete({}, event.payload)
+    assert store.get_call(call.call_ref).outcome == "timeout"
     returning = CallResultTrigger(call_ref=call.call_ref, fail_on=(), poll_interval=0.1, store_url=store_url)
     (event,) = asyncio.run(_run_with_ticker(returning))[0]
     assert event.payload == {

@@ -101,6 +101,7 @@ def test_busy_callback_reaches_the_poke_sensor(stack: Stack) -> None:
     record = stack.store.get_call(call["call_ref"])
     assert record is not None and record.status == "busy"
     assert record.conversation_uuid == placed.conversation_uuid
+    assert record.outcome == "busy"  # the sensor's verdict, stored for the outcome view
 
 
 def test_answered_after_the_window_through_the_trigger(stack: Stack) -> None:
@@ -122,6 +123,9 @@ def test_answered_after_the_window_through_the_trigger(stack: Stack) -> None:
     assert time.monotonic() - started >= 0.9  # not before the window has passed
     assert sensor.execute_complete(_context("wait"), event) == "answered"
     assert stack.emulator.callbacks == []  # answered calls post nothing
+    # Written by the resumed sensor in the worker (never by the trigger).
+    record = stack.store.get_call(call["call_ref"])
+    assert record is not None and record.outcome == "answered" and record.outcome_at is not None
 
 
 def test_make_call_waits_in_process_and_fails_on_timeout(stack: Stack) -> None:
@@ -140,6 +144,8 @@ def test_make_call_waits_in_process_and_fails_on_timeout(stack: Stack) -> None:
     assert len(stack.emulator.calls) == 1
     assert context["ti"].xcoms["call"]["call_ref"]
     assert context["ti"].xcoms["call"]["to"] != "447700900789"  # redacted
+    # A status in fail_on fails the task, and is still stored as the call's verdict.
+    assert stack.store.get_call(context["ti"].xcoms["call"]["call_ref"]).outcome == "timeout"  # type: ignore[union-attr]
 
 
 def test_make_call_defers_and_resumes_without_dialing_again(stack: Stack) -> None:
@@ -164,6 +170,7 @@ def test_make_call_defers_and_resumes_without_dialing_again(stack: Stack) -> Non
     event = _run_trigger(deferred.value.trigger)
     result = op.execute_complete(context, event, **kwargs)
     assert result == {**call, "status": "busy"}
+    assert stack.store.get_call(call["call_ref"]).outcome == "busy"  # type: ignore[union-attr]
     assert len(stack.emulator.calls) == 1
 
     # A task retry finds the placed call in the ledger: it waits again, it does not dial again.
@@ -184,6 +191,17 @@ def test_make_call_answered_in_process(stack: Stack) -> None:
     )
     result = op.execute(_context("call"))
     assert result["status"] == "answered" and result["call_ref"]
+    assert stack.store.get_call(result["call_ref"]).outcome == "answered"  # type: ignore[union-attr]
+
+
+def test_sensor_failing_on_busy_stores_the_verdict(stack: Stack) -> None:
+    call = MakeCallOperator(task_id="call", to=BUSY_TO, agent_id=AGENT).execute(_context("call"))
+    sensor = CallStatusSensor(
+        task_id="wait", call_ref=call["call_ref"], poke_interval=0.1, answer_window=30, timeout=10
+    )
+    with pytest.raises(AirflowFailException, match="busy"):
+        sensor.execute(_context("wait"))
+    assert stack.store.get_call(call["call_ref"]).outcome == "busy"  # type: ignore[union-attr]
 
 
 def test_waiting_without_a_status_url_is_refused_before_dialing(

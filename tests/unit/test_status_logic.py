@@ -363,6 +363,18 @@ def test_trigger_event_for_a_failure_status(store: CallStore, store_url: str) ->
     assert isinstance(rebuilt, CallFailed) and rebuilt.call_status == "busy"
 
 
+def test_sensor_stores_the_verdict_of_a_trigger_event(store: CallStore, store_url: str) -> None:
+    _placed(store, "vs-a")
+    _placed(store, "vs-b")
+    sensor = CallStatusSensor(task_id="s", call_ref="vs-a", store_url=store_url, deferrable=True)
+    ok = {"status": "success", "call_ref": "vs-a", "call_status": ANSWERED, "call_statuses": {}}
+    assert sensor.execute_complete({}, ok) == ANSWERED
+    with pytest.raises(AirflowFailException, match="busy"):
+        sensor.execute_complete({}, error_event(CallFailed("ended busy", "busy"), "vs-b"))
+    assert store.get_call("vs-a").outcome == ANSWERED  # type: ignore[union-attr]
+    assert store.get_call("vs-b").outcome == "busy"  # type: ignore[union-attr]
+
+
 def test_trigger_event_for_an_answered_call(store: CallStore, store_url: str) -> None:
     _placed(store, "vs-ok")
     trigger = CallStatusTrigger(call_ref="vs-ok", answer_window=0.3, poll_interval=0.05, store_url=store_url)

@@ -103,7 +103,7 @@ def test_tables_and_version_row(store: CallStore, raw_engine: sa.engine.Engine) 
     } <= names
     with raw_engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT version FROM vonage_studio_schema_version")).all()
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert [tuple(row) for row in rows] == [(SCHEMA_VERSION,)]
 
 
@@ -133,22 +133,23 @@ def test_older_schema_is_migrated_once(
     raw_engine: sa.engine.Engine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store.get_call("x")  # the store exists at version 1
+    store.get_call("x")  # the store exists at the current version
     applied: list[int] = []
+    later = SCHEMA_VERSION + 1
 
     def add_note_column(conn: sa.engine.Connection) -> None:
-        applied.append(2)
+        applied.append(later)
         conn.execute(sa.text("ALTER TABLE vonage_studio_do_not_call ADD COLUMN note TEXT"))
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_module, "_MIGRATIONS", {2: add_note_column})
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", later)
+    monkeypatch.setattr(store_module, "_MIGRATIONS", {**store_module._MIGRATIONS, later: add_note_column})
     for _ in range(2):
         upgraded = CallStore(store_url)
         upgraded.get_call("x")
         upgraded.dispose()
-    assert applied == [2]
+    assert applied == [later]
     with raw_engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM vonage_studio_schema_version")).scalar() == 2
+        assert conn.execute(sa.text("SELECT version FROM vonage_studio_schema_version")).scalar() == later
     assert "note" in {c["name"] for c in sa.inspect(raw_engine).get_columns("vonage_studio_do_not_call")}
 
 
