@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_vonage_studio._compat import BaseHook
@@ -449,13 +449,13 @@ class VonageStudioHook(BaseHook):
         self.config  # noqa: B018 -- a broken connection fails here, before the ledger is touched
 
         if call_ref is None:
-            self._check_do_not_call(destination, extra_do_not_call)
+            self._check_do_not_call(destination, extra_do_not_call, default_country)
             return self._post_call(body, call_ref=None, status_url=status_url)
 
         store = self.store
         earlier = store.get_call(call_ref)
         if earlier is None:
-            self._check_do_not_call(destination, extra_do_not_call)
+            self._check_do_not_call(destination, extra_do_not_call, default_country)
             created, earlier = store.begin_call(
                 call_ref,
                 agent_id=agent_id,
@@ -500,7 +500,7 @@ class VonageStudioHook(BaseHook):
                 "agent's history; to call again on purpose set redial_unknown=True or use a new call_key."
             )
         # Definitely not dialed (retryable refusal) or explicitly asked to redial.
-        self._check_do_not_call(destination, extra_do_not_call)
+        self._check_do_not_call(destination, extra_do_not_call, default_country)
         from airflow_provider_vonage_studio.store import CallStateConflict
 
         try:
@@ -512,16 +512,14 @@ class VonageStudioHook(BaseHook):
             ) from None
         return self._dial_recorded(body, call_ref, status_url)
 
-    def _check_do_not_call(self, destination: str, extra: Sequence[str]) -> None:
-        from airflow_provider_vonage_studio.destinations import normalize_destination, redact
+    def _check_do_not_call(
+        self, destination: str, extra: Sequence[str], default_country: str | None = None
+    ) -> None:
+        from airflow_provider_vonage_studio.destinations import redact
 
-        extra_norm = set()
-        for number in extra:
-            try:
-                extra_norm.add(normalize_destination(number))
-            except VonageStudioError:
-                extra_norm.add(str(number))
-        if destination in extra_norm or self.store.dnc_filter([destination]):
+        if destination in _normalized_numbers(tuple(extra), default_country) or self.store.dnc_filter(
+            [destination]
+        ):
             raise DoNotCall(f"{redact(destination)} is on the do-not-call list; not dialed")
 
     def _dial_recorded(self, body: dict[str, Any], call_ref: str, status_url: str | None) -> CallResult:
@@ -1056,6 +1054,21 @@ def _reason(exc: Exception) -> str:
         if marker in text:
             return marker
     return type(exc).__name__
+
+
+@lru_cache(maxsize=16)
+def _normalized_numbers(numbers: tuple[str, ...], default_country: str | None) -> frozenset[str]:
+    """An operator's extra do-not-call list as the API would see each number (cached: a batch
+    checks the same list before every dial). Typed like ``to``, so ``default_country`` applies."""
+    from airflow_provider_vonage_studio.destinations import normalize_destination
+
+    normalized = set()
+    for number in numbers:
+        try:
+            normalized.add(normalize_destination(number, default_country=default_country))
+        except VonageStudioError:
+            normalized.add(str(number))
+    return frozenset(normalized)
 
 
 def _result_from_record(record: CallRecord, status_url: str | None) -> CallResult:

@@ -436,3 +436,11 @@ def test_do_not_call_is_never_dialed(hook, requests_mock):
         hook.make_call("9725411116037", "agent-1", extra_do_not_call=["+972 54 111 16037"])
     assert requests_mock.call_count == 0
     assert hook.store.get_call("vs-ref-7") is None
+
+
+def test_extra_do_not_call_numbers_are_read_with_default_country(hook, requests_mock):
+    # The operator's list is typed like `to`: a national number needs the same default_country.
+    requests_mock.post(URL, json=OK)
+    with pytest.raises(DoNotCall):
+        hook.make_call("07700 900123", "agent-1", default_country="GB", extra_do_not_call=["07700 900123"])
+    assert requests_mock.call_count == 0
