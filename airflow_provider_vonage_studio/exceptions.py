@@ -74,9 +74,11 @@ class VonageStudioConnectionError(VonageStudioError):
 
 
 class CallOutcomeUnknown(VonageStudioError):
-    """The request was sent but no answer came back (read timeout, reset mid-response).
+    """The request reached AI Studio but its answer did not: a read timeout, a 2xx whose body
+    cannot be read, or a try killed while dialing.
 
-    The phone may or may not be ringing. The provider never re-dials such a call on its
+    (A connection closed before any byte of an answer is retried instead, as a refusal would
+    be: see docs/guarantees.md for that trade-off.) The phone may or may not be ringing. The provider never re-dials such a call on its
     own: pass ``redial_unknown=True`` (or a new ``call_key``) to call again on purpose.
     """
 

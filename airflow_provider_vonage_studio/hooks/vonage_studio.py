@@ -561,7 +561,12 @@ class VonageStudioHook(BaseHook):
             return self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
 
         resp = self._with_retries(attempt, what=f"make-call to {redact(body['to'])}")
-        data = _json(resp)
+        try:
+            data = _json(resp)
+        except VonageStudioError as exc:
+            # A 2xx is AI Studio accepting the call: an unreadable body must not be recorded as
+            # a refusal ("definitely not placed") of a call that may be ringing.
+            raise CallOutcomeUnknown(exc.message) from exc
         try:
             session_id = str(data["session_id"])
             start = parse_api_time(str(data["session_start_time"]))

@@ -109,12 +109,15 @@ def record_event_verdict(
 def raise_for_trigger_event(event: dict[str, Any] | None) -> dict[str, Any]:
     """Return a ``success`` event from :class:`CallStatusTrigger`; raise for anything else.
 
-    :raises AirflowFailException: for an ``error`` event naming a non-retryable error.
-    :raises VonageStudioError: for a retryable one (e.g. the store could not be read).
-    :raises AirflowException: when no event arrived.
+    :raises AirflowFailException: for an ``error`` event about the call (unknown, refused,
+        outcome unknown, a status in ``fail_on``): re-checking cannot change it.
+    :raises AirflowException: for a ``retryable`` one (the store could not be read: a task
+        retry waits again), or when no event arrived.
     """
     if not event:
         raise AirflowException("the call status trigger ended without an event")
+    if event.get("status") != "success" and event.get("retryable"):
+        raise AirflowException(str(event.get("message") or "the call status trigger failed"))
     if event.get("status") != "success":
         raise fail_task(error_from_event(event))
     return event

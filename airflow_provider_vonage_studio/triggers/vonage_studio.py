@@ -213,7 +213,8 @@ class CallStatusTrigger(BaseTrigger):
     * ``{"status": "error", "message", "error_type", "error_status", "call_statuses",
       "errors": {ref: {"error_type", "message", ...}}}``, plus ``call_ref`` (and
       ``call_status`` when it failed on ``fail_on``) for a single call. With several calls
-      an error for one does not cut the wait short for the others.
+      an error for one does not cut the wait short for the others. When the store stayed
+      unreadable, ``errors`` is empty and ``"retryable": True``.
 
     :raises VonageStudioConfigError: for no or both of ``call_ref``/``call_refs``, an empty
         list, a bad ``fail_on``, ``answer_window`` or ``poll_interval``.
@@ -296,6 +297,8 @@ class CallStatusTrigger(BaseTrigger):
                                 f"{type(exc).__name__}: {exc}",
                                 "error_type": "VonageStudioError",
                                 "error_status": None,
+                                # An outage, not a verdict on any call: a task retry waits again.
+                                "retryable": True,
                                 "call_statuses": statuses,
                                 "errors": {},
                             }
