@@ -259,7 +259,7 @@ def plan_recipients(
         a mapping, ``None``), naming ``timezone`` when ``timezone_name`` is not a known zone.
     :raises InvalidSessionParameter: the batch-wide ``session_parameters`` break AI Studio's rules.
     """
-    from airflow_provider_vonage_studio.destinations import normalize_destination, timezone_for_number
+    from airflow_provider_vonage_studio.destinations import normalize_destination
     from airflow_provider_vonage_studio.params import normalize_session_parameters
 
     if recipients is None or isinstance(recipients, (str, bytes, Mapping)) or not _iterable(recipients):
@@ -296,11 +296,9 @@ def plan_recipients(
                     params[p["name"]] = p["value"]
                 zone = None
                 if calling_window is not None:
-                    zone = fields.get("timezone")
-                    if zone is not None:
-                        _check_zone(zone, f"recipients[{index}].timezone")
-                    else:
-                        zone = timezone_for_number(destination) or timezone_name
+                    if fields.get("timezone") is not None:
+                        _check_zone(fields["timezone"], f"recipients[{index}].timezone")
+                    zone = recipient_timezone(destination, fields.get("timezone"), timezone_name)
                 recipient = replace(
                     recipient,
                     destination=destination,

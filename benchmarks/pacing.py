@@ -6,7 +6,7 @@ place the same number of calls from 4 processes at once:
 
 * **ours** — each process runs ``MakeCallOperator.execute`` for its share of mapped task
   instances, as Airflow workers would; the processes share the call store (a SQLite file,
-  or PostgreSQL with ``--store-url``) and so the agent's pacing slots;
+  or PostgreSQL with ``--postgres [URL]``) and so the agent's pacing slots;
 * **naive** — each process POSTs its calls back to back with plain ``requests`` and, on a
   429, sleeps 1 s and tries again (the usual HttpOperator glue).
 

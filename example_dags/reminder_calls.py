@@ -9,7 +9,8 @@
    triggerer (``deferrable=True``: one trigger for the whole batch, no worker slot held);
 3. ``collect_unanswered`` lists the appointments whose callee did not pick up (``busy``,
    ``timeout``, ``rejected``, ...), e.g. for a second attempt tomorrow
-   (see ``retry_unanswered``). No phone number travels through XCom: only keys and statuses.
+   (see ``retry_unanswered``). Its result names no phone number: only keys and statuses
+   (and no task log shows a full number).
 
 AI Studio reports only the calls that were not picked up, to each call's ``status_url``;
 give the ``vonage_studio_default`` connection ``callback_base_url`` (where the provider's
@@ -52,7 +53,8 @@ POKE_INTERVAL = float(os.environ.get("VONAGE_STUDIO_DEMO_POKE_INTERVAL", "5"))
     doc_md=__doc__,
 )
 def reminder_calls():
-    @task
+    # The return value holds phone numbers: keep it out of the task log (XCom still has it).
+    @task(show_return_value_in_logs=False)
     def extract_recipients() -> list[dict[str, Any]]:
         """Stand-in for the ETL query: who has an appointment tomorrow.
 

@@ -35,7 +35,8 @@ AGENT_ID = os.environ.get("VONAGE_STUDIO_DEMO_AGENT_ID", "agent-1")
     doc_md=__doc__,
 )
 def reminder_calls_mapped():
-    @task
+    # The return value holds phone numbers: keep it out of the task log (XCom still has it).
+    @task(show_return_value_in_logs=False)
     def extract_recipients() -> list[dict[str, str]]:
         """Stand-in for the ETL query: who has an appointment tomorrow."""
         return [

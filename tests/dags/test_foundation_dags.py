@@ -59,6 +59,13 @@ def _xcoms(env, dag_id):
     return [json.loads(value) for _, value in rows]
 
 
+def _assert_no_full_number(env, proc, *numbers):
+    """No task log (nor the command's output) shows a recipient's number in full."""
+    logs = "\n".join(p.read_text() for p in (Path(env["AIRFLOW_HOME"]) / "logs").rglob("*") if p.is_file())
+    for number in numbers:
+        assert number not in logs + proc.stdout + proc.stderr, number
+
+
 def test_mapped_expand_over_three_numbers(base_env, emulator):
     env = {**base_env, "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT": emulator.connection_json()}
     proc = dags_test("vs_mapped_calls", env)
@@ -133,6 +140,7 @@ def test_reminder_calls_mapped_example(tmp_path, emulator):
     by_to = {c.to: {p["name"]: p["value"] for p in c.session_parameters} for c in emulator.calls}
     assert by_to["447700900123"]["CALLER_NAME"] == "Diane Miller"
     assert by_to["447700900123"]["APPOINTMENT_TIME"] == "09:30"
+    _assert_no_full_number(env, proc, "447700900123", "+44 7700 900123", "+1 (212) 555-0100")
 
 
 def test_reminder_calls_example(tmp_path, emulator, callback_receiver_factory):
@@ -168,4 +176,5 @@ def test_reminder_calls_example(tmp_path, emulator, callback_receiver_factory):
         {"key": "appt-1003", "outcome": "timeout"},
         {"key": "appt-1004", "outcome": "rejected"},
     ]
+    _assert_no_full_number(env, proc, "447700900123", "+44 7700 900123", "+1 (212) 555-0100")
     assert SECRET not in proc.stdout + proc.stderr
