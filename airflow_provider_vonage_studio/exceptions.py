@@ -78,8 +78,9 @@ class CallOutcomeUnknown(VonageStudioError):
     cannot be read, or a try killed while dialing.
 
     (A connection closed before any byte of an answer is retried instead, as a refusal would
-    be: see docs/guarantees.md for that trade-off.) The phone may or may not be ringing. The provider never re-dials such a call on its
-    own: pass ``redial_unknown=True`` (or a new ``call_key``) to call again on purpose.
+    be: see docs/guarantees.md for that trade-off.) The phone may or may not be ringing. The
+    provider never re-dials such a call on its own: pass ``redial_unknown=True`` (or a new
+    ``call_key``) to call again on purpose.
     """
 
 

@@ -37,13 +37,14 @@ _SCAN_STEP = timedelta(hours=6)
 
 
 def parse_calling_window(
-    window: tuple[str, str] | Sequence[str | time] | bool | None,
+    window: tuple[str, str] | Sequence[str | time] | str | bool | None,
 ) -> tuple[time, time] | None:
     """Return ``window`` as ``(start, end)`` local times, or ``None`` for no window.
 
     Accepts ``None``/``False`` (no window), ``True`` or an empty tuple/list (08:00-21:00),
     or a pair of ``"HH:MM"`` / ``"HH:MM:SS"`` strings or naive :class:`datetime.time`
-    objects (a list is fine too: Airflow turns tuples into lists when it serialises).
+    objects (a list is fine too: Airflow turns tuples into lists when it serialises), or
+    one ``"HH:MM-HH:MM"`` string (handy from an environment variable or a DAG param).
     ``end`` before ``start`` means the window crosses midnight.
 
     :raises VonageStudioConfigError: naming ``calling_window``, when the value has another
@@ -53,6 +54,8 @@ def parse_calling_window(
         return None
     if window is True:
         return DEFAULT_CALLING_WINDOW
+    if isinstance(window, str) and window.count("-") == 1:
+        window = tuple(part.strip() for part in window.split("-"))
     if isinstance(window, (str, bytes)) or not isinstance(window, Sequence):
         raise VonageStudioConfigError(f"calling_window {window!r} is not a pair of times: {_WINDOW_RULE}")
     if len(window) == 0:

@@ -38,6 +38,8 @@ from airflow_provider_vonage_studio.sensors.vonage_studio import CallStatusSenso
 log = logging.getLogger(__name__)
 
 AGENT_ID = os.environ.get("VONAGE_STUDIO_DEMO_AGENT_ID", "agent-1")
+# "HH:MM-HH:MM" in the callee's local time; unset: 08:00-21:00.
+CALLING_WINDOW = os.environ.get("VONAGE_STUDIO_DEMO_CALLING_WINDOW") or True
 TO = os.environ.get("VONAGE_STUDIO_DEMO_TO", "+44 7700 900123")
 ANSWER_WINDOW = timedelta(seconds=float(os.environ.get("VONAGE_STUDIO_DEMO_ANSWER_WINDOW", "90")))
 POKE_INTERVAL = float(os.environ.get("VONAGE_STUDIO_DEMO_POKE_INTERVAL", "5"))
@@ -59,6 +61,7 @@ def call_and_branch():
         to=TO,
         agent_id=AGENT_ID,
         session_parameters={"CALLER_NAME": "Diane Miller", "APPOINTMENT_DAY": "{{ macros.ds_add(ds, 1) }}"},
+        calling_window=CALLING_WINDOW,
     )
 
     wait_for_outcome = CallStatusSensor(

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 AGENT_ID = os.environ.get("VONAGE_STUDIO_DEMO_AGENT_ID", "agent-1")
 ANSWER_WINDOW = timedelta(seconds=float(os.environ.get("VONAGE_STUDIO_DEMO_ANSWER_WINDOW", "90")))
 POKE_INTERVAL = float(os.environ.get("VONAGE_STUDIO_DEMO_POKE_INTERVAL", "5"))
+# "HH:MM-HH:MM" in each callee's local time; unset: 08:00-21:00 (never a 3 a.m. reminder).
+CALLING_WINDOW = os.environ.get("VONAGE_STUDIO_DEMO_CALLING_WINDOW") or True
 
 
 @dag(
@@ -89,6 +91,8 @@ def reminder_calls():
         agent_id=AGENT_ID,
         # Shared by every call; each recipient's own parameters are merged over these by name.
         session_parameters={"APPOINTMENT_DAY": "{{ macros.ds_add(ds, 1) }}"},
+        # Whoever is outside the window waits in the triggerer until it opens for them.
+        calling_window=CALLING_WINDOW,
         wait_for_status=True,
         answer_window=ANSWER_WINDOW,
         poke_interval=POKE_INTERVAL,

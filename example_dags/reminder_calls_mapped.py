@@ -24,6 +24,8 @@ from airflow.sdk import dag, task
 from airflow_provider_vonage_studio.operators.vonage_studio import MakeCallOperator
 
 AGENT_ID = os.environ.get("VONAGE_STUDIO_DEMO_AGENT_ID", "agent-1")
+# "HH:MM-HH:MM" in each callee's local time; unset: 08:00-21:00 (never a 3 a.m. reminder).
+CALLING_WINDOW = os.environ.get("VONAGE_STUDIO_DEMO_CALLING_WINDOW") or True
 
 
 @dag(
@@ -55,6 +57,8 @@ def reminder_calls_mapped():
             "APPOINTMENT_TIME": "{{ ti.xcom_pull(task_ids='extract_recipients')[ti.map_index]['time'] }}",
             "APPOINTMENT_DAY": "{{ macros.ds_add(ds, 1) }}",
         },
+        # Outside the window a mapped task defers (no worker slot held) and dials when it opens.
+        calling_window=CALLING_WINDOW,
         retries=2,
     ).expand(to=recipients.map(lambda r: r["to"]))
 

@@ -42,16 +42,9 @@ log = logging.getLogger(__name__)
 DAG_ID = "retry_unanswered"
 AGENT_ID = os.environ.get("VONAGE_STUDIO_DEMO_AGENT_ID", "agent-1")
 LOOKBACK = timedelta(hours=float(os.environ.get("VONAGE_STUDIO_DEMO_LOOKBACK_HOURS", "24")))
+# "HH:MM-HH:MM" in each callee's local time; unset: 08:00-21:00.
+CALLING_WINDOW = os.environ.get("VONAGE_STUDIO_DEMO_CALLING_WINDOW") or True
 RETRY_STATUSES = ("busy", "timeout")
-
-
-def _calling_window() -> tuple[str, str] | bool:
-    """``("09:00", "20:00")`` from ``"09:00-20:00"``; ``True`` (08:00-21:00) when unset."""
-    text = os.environ.get("VONAGE_STUDIO_DEMO_CALLING_WINDOW", "").strip()
-    if not text:
-        return True
-    start, _, end = text.partition("-")
-    return start.strip(), end.strip()
 
 
 @dag(
@@ -110,7 +103,7 @@ def retry_unanswered():
         recipients=yesterdays_unanswered(),
         agent_id=AGENT_ID,
         session_parameters={"CALL_BACK": "true"},  # merged with each recipient's own
-        calling_window=_calling_window(),
+        calling_window=CALLING_WINDOW,
     )
 
 

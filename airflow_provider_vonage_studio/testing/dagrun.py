@@ -19,6 +19,18 @@ def airflow_bin() -> str:
     return str(candidate) if candidate.exists() else "airflow"
 
 
+def window_open_now() -> str:
+    """A calling window (``"HH:MM-HH:MM"``) open right now for callees within 11 hours of UTC.
+
+    All day but one minute twelve hours away, so example DAGs that honour
+    ``VONAGE_STUDIO_DEMO_CALLING_WINDOW`` dial at once in demos and tests, whatever the hour.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    closed = datetime.now(timezone.utc) + timedelta(hours=12)
+    return f"{closed + timedelta(minutes=1):%H:%M}-{closed:%H:%M}"
+
+
 def airflow_env(home: Path, dags_folder: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for an isolated Airflow: its own home, DAG folder and SQLite metadata DB."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
@@ -30,6 +42,8 @@ def airflow_env(home: Path, dags_folder: Path, extra: Mapping[str, str] | None =
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW__VONAGE_STUDIO__STORE_URL": f"sqlite:///{home}/vonage_studio.db",
+            # The example DAGs only call inside a calling window; a demo must not wait for morning.
+            "VONAGE_STUDIO_DEMO_CALLING_WINDOW": window_open_now(),
         }
     )
     if extra:

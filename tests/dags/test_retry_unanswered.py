@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_vonage_studio.store import CallStore, calls_table
-from airflow_provider_vonage_studio.testing.dagrun import airflow_env, dags_test, migrate
+from airflow_provider_vonage_studio.testing.dagrun import airflow_env, dags_test, migrate, window_open_now
 from airflow_provider_vonage_studio.testing.emulator import Emulator
 
 pytestmark = pytest.mark.airflow_dags
@@ -36,12 +36,6 @@ def emulator() -> Iterator[Emulator]:
     emu = Emulator(api_keys=(KEY,), agents=("agent-1",), calls_per_second=1).start()
     yield emu
     emu.stop()
-
-
-def _window_open_now() -> str:
-    """All day but one minute, twelve hours from now (UTC): open now in London and New York."""
-    closed = datetime.now(timezone.utc) + timedelta(hours=12)
-    return f"{(closed + timedelta(minutes=1)):%H:%M}-{closed:%H:%M}"
 
 
 def _seed(store: CallStore) -> None:
@@ -99,7 +93,7 @@ def test_only_busy_and_timeout_numbers_are_called_back(tmp_path: Path, emulator:
         {
             "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT": emulator.connection_json(),
             "VONAGE_STUDIO_DEMO_AGENT_ID": "agent-1",
-            "VONAGE_STUDIO_DEMO_CALLING_WINDOW": _window_open_now(),
+            "VONAGE_STUDIO_DEMO_CALLING_WINDOW": window_open_now(),
         },
     )
     migrate(env)
