@@ -689,6 +689,20 @@ class Demo:
             )
         self.console.raw()
 
+    def print_received(self, calls: Sequence[dict[str, Any]]) -> None:
+        """What reached the emulator, one line per request it accepted: number (redacted),
+        agent, session id and the session parameters the agent was given."""
+        from airflow_provider_vonage_studio.destinations import redact
+
+        self.console.raw(f"calls received by the emulator: {len(calls)}")
+        for call in calls:
+            params = ", ".join(
+                f"{p.get('name')}={p.get('value')}" for p in call.get("session_parameters") or []
+            )
+            number, agent, session = redact(str(call.get("to"))), call.get("agent_id"), call.get("session_id")
+            self.console.raw(f"  {number:<14} {agent!s:<9} {session!s:<36}  {params}")
+        self.console.raw()
+
     def shutdown(self) -> None:
         """Stop every component (Airflow first, the emulator last), then any tagged stray."""
         names = [n for n in reversed(COMPONENTS) if n in self.components]
@@ -764,6 +778,7 @@ class Demo:
 
         rows = self.results(run_id)
         self.print_table(rows)
+        self.print_received(self.emulator_state("calls"))
         callbacks = self.emulator_state("callbacks")
         accepted = sum(1 for c in callbacks if c.get("status") == 200)
         say(

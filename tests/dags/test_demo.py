@@ -80,6 +80,13 @@ def test_make_demo_runs_reminder_calls_on_a_running_airflow() -> None:
         number = re.escape(redact(to))
         row = re.search(rf"^appt-\d+\s+{number}\s+{outcome}\s+{outcome}\s+[0-9a-f-]{{36}}\s+yes$", out, re.M)
         assert row, f"no matching row for {redact(to)} ({outcome}):\n{out}"
+    # And what reached the emulator: each number once, with its agent and session parameters.
+    assert f"calls received by the emulator: {len(SCRIPT)}" in out
+    for to in SCRIPT:
+        received = re.findall(
+            rf"^  {re.escape(redact(to))}\s+agent-1\s+[0-9a-f-]{{36}}\s+.*CALLER_NAME=", out, re.M
+        )
+        assert len(received) == 1, f"{redact(to)} received {len(received)} times:\n{out}"
     assert "status callbacks posted by the emulator to the plugin: 3, accepted (HTTP 200): 3" in out
     assert re.search(
         r"outcome view .*http://127\.0\.0\.1:\d+/auth/token/login\?next=%2Fvonage-studio%2Foutcomes", out
