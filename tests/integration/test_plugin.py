@@ -223,3 +223,18 @@ def test_plugin_list_endpoint_describes_the_plugin(
     (ours,) = [p for p in resp.json()["plugins"] if p["name"] == "vonage_studio"]
     assert ours["fastapi_apps"][0]["url_prefix"] == "/vonage-studio"
     assert ours["external_views"][0]["href"] == "/vonage-studio/outcomes"
+
+
+def test_plugin_receiver_reads_the_configured_connection(monkeypatch):
+    """[vonage_studio] callback_conn_id picks the connection whose secret verifies tokens."""
+    from airflow_provider_vonage_studio import plugins
+    from airflow_provider_vonage_studio.callbacks import app as app_module
+
+    seen: list[dict] = []
+    monkeypatch.setattr(app_module, "create_app", lambda **kwargs: seen.append(kwargs) or object())
+    monkeypatch.setenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_CONN_ID", "vs_callbacks")
+    plugins.LazyReceiverApp(outcome_view="off").app  # noqa: B018
+    monkeypatch.delenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_CONN_ID")
+    plugins.LazyReceiverApp(outcome_view="off").app  # noqa: B018
+    plugins.LazyReceiverApp(outcome_view="off", conn_id="explicit").app  # noqa: B018
+    assert [kwargs["conn_id"] for kwargs in seen] == ["vs_callbacks", "vonage_studio_default", "explicit"]
