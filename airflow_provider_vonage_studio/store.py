@@ -705,18 +705,24 @@ class CallStore:
                     found[record.call_ref] = record
         return found
 
-    def recent_calls(self, limit: int = 500) -> list[CallRecord]:
-        """The ``limit`` most recently created calls, newest first.
+    def recent_calls(
+        self, limit: int = 500, *, dag_id: str | None = None, run_id: str | None = None
+    ) -> list[CallRecord]:
+        """The ``limit`` most recently created calls, newest first, optionally of one DAG / run.
 
+        The filters are part of the query, so an older run is found however many calls came since.
         Raises :class:`VonageStudioConfigError` for a negative ``limit``.
         """
         if limit < 0:
             raise VonageStudioConfigError(f"limit: must be >= 0, got {limit}")
+        query = sa.select(calls_table)
+        if dag_id is not None:
+            query = query.where(calls_table.c.dag_id == dag_id)
+        if run_id is not None:
+            query = query.where(calls_table.c.run_id == run_id)
         with self._transaction(write=False) as conn:
             rows = conn.execute(
-                sa.select(calls_table)
-                .order_by(calls_table.c.created_at.desc(), calls_table.c.call_ref.desc())
-                .limit(limit)
+                query.order_by(calls_table.c.created_at.desc(), calls_table.c.call_ref.desc()).limit(limit)
             ).all()
         return [_record_from_values(row._mapping) for row in rows]
 

@@ -55,6 +55,7 @@ server's) sees it. Phone numbers are logged redacted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -627,11 +628,14 @@ def _add_outcome_routes(app: FastAPI, get_store: Callable[[], CallStore], mode: 
                 return guard
             allowed = guard
         try:
-            calls = await run_in_threadpool(get_store().recent_calls, filters.limit)
+            calls = await run_in_threadpool(
+                functools.partial(
+                    get_store().recent_calls, filters.limit, dag_id=filters.dag_id, run_id=filters.run_id
+                )
+            )
         except Exception as exc:
             log.error("outcome view: call store error %s", type(exc).__name__)
             return _error(503, "the call store is unavailable")
-        calls = filters.apply(calls)
         if allowed is not None:
             try:
                 readable = await run_in_threadpool(allowed, {c.dag_id for c in calls if c.dag_id})

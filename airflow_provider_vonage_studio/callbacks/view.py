@@ -30,7 +30,7 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -98,15 +98,6 @@ class Filters:
             if value is not None and len(value) > 250:
                 return f"{name}: must be at most 250 characters"
         return cls(dag_id=dag_id, run_id=run_id, limit=limit)
-
-    def apply(self, calls: Iterable[CallRecord]) -> list[CallRecord]:
-        """The calls matching ``dag_id``/``run_id`` (the limit is applied by the store query)."""
-        return [
-            c
-            for c in calls
-            if (self.dag_id is None or c.dag_id == self.dag_id)
-            and (self.run_id is None or c.run_id == self.run_id)
-        ]
 
     def as_dict(self) -> dict[str, Any]:
         return {"dag_id": self.dag_id, "run_id": self.run_id, "limit": self.limit}

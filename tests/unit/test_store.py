@@ -808,3 +808,13 @@ def test_concurrent_batches_record_each_call_once(store_url: str) -> None:
     finally:
         for s in stores:
             s.dispose()
+
+
+def test_recent_calls_filters_in_the_query(store):
+    # An older run stays reachable however many calls came after it (the view's run tab needs it).
+    store.begin_call("vs-old", agent_id="a", destination="447700900001", dag_id="d", run_id="old")
+    for i in range(5):
+        store.begin_call(f"vs-new-{i}", agent_id="a", destination=f"44770090010{i}", dag_id="d", run_id="new")
+    assert [c.call_ref for c in store.recent_calls(3, dag_id="d", run_id="old")] == ["vs-old"]
+    assert len(store.recent_calls(10, dag_id="d")) == 6
+    assert store.recent_calls(10, dag_id="other") == []
