@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -16,11 +17,13 @@ from hypothesis import strategies as st
 from airflow_provider_vonage_studio.callbacks import tokens
 from airflow_provider_vonage_studio.callbacks.tokens import (
     InvalidToken,
+    VerifiedToken,
     build_status_url,
     elide_token,
     make_call_ref,
     sign_token,
     verify_token,
+    verify_token_details,
 )
 
 SECRET = "s3cret-for-tests"
@@ -106,13 +109,82 @@ def test_round_trip() -> None:
     assert verify_token(token, SECRET) == ref
 
 
-def test_signature_is_unpadded_urlsafe_hmac_sha256() -> None:
+def _legacy_token(ref: str, secret: str = SECRET) -> str:
+    """A token as signed before tokens carried their issue time: ``<call_ref>.<sig>``."""
+    digest = hmac.new(secret.encode(), ref.encode(), hashlib.sha256).digest()
+    return f"{ref}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+
+
+def test_signature_is_unpadded_urlsafe_hmac_sha256_over_ref_and_issue_time() -> None:
+    # The construction is part of the interface (docs/security.md): pin it.
     ref = "vs-0123"
-    digest = hmac.new(SECRET.encode(), ref.encode(), hashlib.sha256).digest()
+    issued = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+    stamp = base36(int(issued.timestamp()))
+    message = b"vs-token-v2\x00" + ref.encode() + b"\x00" + stamp.encode()
+    digest = hmac.new(SECRET.encode(), message, hashlib.sha256).digest()
     sig = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-    assert sign_token(ref, SECRET) == f"{ref}.{sig}"
+    assert sign_token(ref, SECRET, issued_at=issued) == f"{ref}.{sig}.{stamp}"
     assert URL_SAFE.fullmatch(sig)
     assert len(sig) == 43
+    assert int(stamp, 36) == 1772366400
+
+
+def base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while number:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+    return out or "0"
+
+
+def test_token_carries_its_issue_time() -> None:
+    issued = datetime(2026, 3, 1, 12, 0, 0, 999999, tzinfo=timezone.utc)
+    details = verify_token_details(sign_token("vs-abc", SECRET, issued_at=issued), SECRET)
+    assert details == VerifiedToken("vs-abc", issued.replace(microsecond=0))
+    # Naive is UTC; another zone is converted; the default is now.
+    naive = verify_token_details(sign_token("vs-abc", SECRET, issued_at=datetime(2026, 3, 1, 12)), SECRET)
+    assert naive.issued_at == datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    fresh = verify_token_details(sign_token("vs-abc", SECRET), SECRET).issued_at
+    assert fresh is not None and before <= fresh <= datetime.now(timezone.utc)
+
+
+def test_issue_time_cannot_be_changed_without_the_secret() -> None:
+    token = sign_token("vs-abc", SECRET, issued_at=datetime(2026, 3, 1, tzinfo=timezone.utc))
+    head, _, stamp = token.rpartition(".")
+    for other in (base36(int(stamp, 36) + 86400 * 200), stamp.upper(), "0" + stamp):
+        with pytest.raises(InvalidToken, match="does not match"):
+            verify_token(f"{head}.{other}", SECRET)
+
+
+def test_legacy_token_without_issue_time_still_verifies() -> None:
+    legacy = _legacy_token("vs-0123")
+    assert verify_token(legacy, SECRET) == "vs-0123"
+    assert verify_token_details(legacy, SECRET) == VerifiedToken("vs-0123", None)
+    assert verify_token_details(_legacy_token("my.custom.123"), SECRET) == VerifiedToken(
+        "my.custom.123", None
+    )
+    with pytest.raises(InvalidToken):
+        verify_token(_legacy_token("vs-0123", "another-secret"), SECRET)
+
+
+def test_a_signature_of_one_form_never_verifies_as_the_other() -> None:
+    # A legacy signature over "x.<stamp>" must not pass as a stamped token of call "x", nor the reverse.
+    stamp = base36(1772366400)
+    legacy_sig = _legacy_token(f"vs-x.{stamp}").rpartition(".")[2]
+    with pytest.raises(InvalidToken, match="does not match"):
+        verify_token(f"vs-x.{legacy_sig}.{stamp}", SECRET)
+    stamped = sign_token("vs-x", SECRET, issued_at=datetime(2026, 3, 1, 12, tzinfo=timezone.utc))
+    ref, sig, stamp = stamped.split(".")
+    with pytest.raises(InvalidToken):
+        verify_token(f"{ref}.{sig}", SECRET)
+
+
+@pytest.mark.parametrize("issued_at", ["2026-03-01", 1772366400, datetime(1969, 12, 31, tzinfo=timezone.utc)])
+def test_sign_refuses_a_bad_issue_time(issued_at: Any) -> None:
+    with pytest.raises(ValueError, match="issued_at"):
+        sign_token("vs-abc", SECRET, issued_at=issued_at)
 
 
 def test_token_charset_is_url_safe() -> None:
