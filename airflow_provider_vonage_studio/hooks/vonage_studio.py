@@ -32,6 +32,7 @@ from airflow_provider_vonage_studio.exceptions import (
     VonageStudioRateLimited,
     VonageStudioServerError,
 )
+from airflow_provider_vonage_studio.timeutil import is_date_only, to_utc
 
 if TYPE_CHECKING:
     import requests
@@ -53,6 +54,9 @@ MAKE_CALL_PATH = "/telephony/make-call"
 PRECONFIGURED_SESSION_MESSAGE = "Failed to fetch preconfigured session information"
 RETRYABLE_STATUSES = (429, 502, 503, 504)
 INSIGHTS_MAX_RANGE = timedelta(days=60)
+#: How many single-key wrapper objects (``{"data": ...}``, ``{"result": ...}``) around an Insights
+#: body are looked through; deeper bodies are refused rather than searched.
+INSIGHTS_MAX_WRAPPERS = 3
 
 
 @dataclass(frozen=True)
@@ -705,6 +709,11 @@ class VonageStudioHook(BaseHook):
     ) -> dict[str, str]:
         """What the conversation collected: ``GET /insights/sessions/{id}/parameters``.
 
+        ``session_start_time``: a day (``date`` or ``"YYYY-MM-DD"``, sent as the day) or an
+        instant (stdlib or pendulum datetime, naive meaning UTC, or an ISO-8601 string).
+
+        :raises VonageStudioConfigError: an empty ``session_id``, or a ``session_start_time`` that
+            is neither (nothing is sent).
         :raises SessionNotFound: 404 — unknown, or not indexed yet (normal right after a call).
         :raises VonageStudioAuthError: 401 — bad key, or parameters the API refused.
         """
@@ -737,7 +746,9 @@ class VonageStudioHook(BaseHook):
         """Sessions between ``from_date`` and ``to_date``, page by page, lazily.
 
         Arguments are checked at once; requests start when the iterator is first advanced and
-        only one page is held at a time. Naive datetimes are UTC; a date means its midnight.
+        only one page is held at a time. ``from_date``/``to_date``: stdlib or pendulum datetimes
+        (naive means UTC), dates (their midnight UTC) or ISO-8601 strings, normalised by
+        :func:`~airflow_provider_vonage_studio.timeutil.to_utc`.
 
         :param filter_by: an Elasticsearch-style bool query (``must``/``must_not``/``should``),
             sent as JSON.
@@ -749,14 +760,15 @@ class VonageStudioHook(BaseHook):
         :param include_to_date: the API's bounds are inclusive; ``False`` leaves out sessions
             that start exactly at ``to_date``, so consecutive half-open windows (Airflow data
             intervals) never return one session twice.
-        :raises VonageStudioConfigError: the range is reversed, or longer than 60 days without
-            ``split_range=True``; a bad ``page_size``.
+        :raises VonageStudioConfigError: a bound that is not a datetime, date or ISO-8601 string;
+            the range is reversed, or longer than 60 days without ``split_range=True``; a bad
+            ``page_size``.
         :raises VonageStudioAuthError: 401 — bad key, or parameters the API refused (while iterating).
         :raises VonageStudioError: a page whose body has an unknown shape, or an API that returned
             a short page while its total says more sessions exist (it caps ``page_size``).
         """
-        start = _aware(from_date, "from_date")
-        end = _aware(to_date, "to_date")
+        start = to_utc(from_date, field="from_date")
+        end = to_utc(to_date, field="to_date")
         if end < start:
             raise VonageStudioConfigError("to_date is before from_date")
         if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
@@ -874,62 +886,137 @@ def error_for(status: int | None, message: str, *, insights: bool = False) -> Vo
     return VonageStudioError(message, status)
 
 
-def parse_api_time(value: str) -> datetime:
-    """AI Studio's timestamps are naive ISO-8601 in UTC; return an aware UTC datetime."""
-    text = value.strip().replace("Z", "+00:00")
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+def parse_api_time(value: str, field: str = "session_start_time") -> datetime:
+    """AI Studio's timestamps are naive ISO-8601 in UTC; return an aware UTC datetime.
+
+    :raises VonageStudioConfigError: (a ``ValueError``) when ``value`` is not ISO-8601.
+    """
+    return to_utc(value, field=field)
 
 
 def parse_parameters_body(data: Any) -> dict[str, str]:
-    """Session parameters from an undocumented body: a list of ``{name, value}``, a mapping,
-    or either nested under a single key.
+    """Session parameters from an undocumented body. Accepted, and nothing else:
 
-    :raises VonageStudioError: for any other shape, naming the keys and types seen (never values).
+    1. a list of ``{"name": ..., "value": ...}`` objects;
+    2. an object of parameter name -> scalar value (``{"CONFIRMED": "yes"}``);
+    3. an object holding exactly one list or object of form 1 or 2 beside any number of
+       scalar keys (metadata): ``{"session_id": "...", "parameters": [...]}``;
+    4. any of these inside up to :data:`INSIGHTS_MAX_WRAPPERS` nested single-key objects
+       (``{"data": {...}}``, ``{"data": {"result": {...}}}``).
+
+    Values become strings (``None`` -> ``""``, booleans ``true``/``false``, lists and objects JSON).
+
+    :raises VonageStudioError: for any other shape (two candidate lists or objects, a list of
+        something else, deeper nesting), naming the keys and types seen, never values: they are
+        what callers said.
     """
-    original = data
-    for _ in range(2):
-        if isinstance(data, list):
-            if all(isinstance(item, Mapping) and "name" in item for item in data):
-                return {str(item["name"]): _str(item.get("value")) for item in data}
+    inner: Any = data
+    path: list[str] = []
+    while True:
+        found = _parameters_form(inner)
+        if found is not None:
+            return found
+        if not _is_wrapper(inner) or len(path) == INSIGHTS_MAX_WRAPPERS:
             break
-        if isinstance(data, Mapping):
-            if len(data) == 1:
-                (only,) = data.values()
-                if isinstance(only, (list, Mapping)):
-                    data = only
-                    continue
-            if data and all(isinstance(v, (str, int, float, bool)) or v is None for v in data.values()):
-                return {str(k): _str(v) for k, v in data.items()}
-            if not data:
-                return {}
-        break
-    raise VonageStudioError(f"unexpected shape of session parameters from AI Studio: {_shape(original)}")
+        ((key, inner),) = inner.items()
+        path.append(str(key))
+    raise VonageStudioError(
+        "unexpected shape of session parameters from AI Studio: " + _shape_at(data, inner, path)
+    )
+
+
+def _parameters_form(data: Any) -> dict[str, str] | None:
+    """Forms 1-3 of :func:`parse_parameters_body` at this level, or ``None``."""
+    direct = _parameters_container(data)
+    if direct is not None or not isinstance(data, Mapping):
+        return direct
+    containers = [value for value in data.values() if not _is_scalar(value)]
+    if len(containers) != 1:
+        return None
+    return _parameters_container(containers[0])
+
+
+def _parameters_container(data: Any) -> dict[str, str] | None:
+    """Form 1 (list of ``{name, value}``) or form 2 (name -> scalar), or ``None``."""
+    if isinstance(data, list):
+        if all(isinstance(item, Mapping) and "name" in item for item in data):
+            return {str(item["name"]): _str(item.get("value")) for item in data}
+        return None
+    if isinstance(data, Mapping) and all(_is_scalar(value) for value in data.values()):
+        return {str(key): _str(value) for key, value in data.items()}
+    return None
 
 
 def parse_search_body(data: Any) -> tuple[list[dict[str, Any]], int | None]:
-    """Sessions and total from an undocumented search body: a bare list, or a list under one
-    key with an optional numeric total (``total``/``count``/``total_count``/...).
+    """Sessions and total from an undocumented search body. Accepted, and nothing else:
 
-    :raises VonageStudioError: for any other shape, naming the keys and types seen (never values).
+    1. a bare list of session objects (no total);
+    2. an object with exactly one list, of session objects, beside any other keys; the total is
+       the first integer among ``total``, ``count``, ``total_count``, ``totalCount``,
+       ``total_sessions``, ``total_elements`` at that level (else unknown); ``{}`` is no sessions;
+    3. either inside up to :data:`INSIGHTS_MAX_WRAPPERS` nested single-key objects
+       (``{"data": {"sessions": [...], "total": 2}}``).
+
+    :raises VonageStudioError: for any other shape (no list, two lists, a list of something
+        else, deeper nesting), naming the keys and types seen, never values.
     """
-    if isinstance(data, list) and all(isinstance(item, Mapping) for item in data):
-        return [dict(item) for item in data], None
-    if isinstance(data, Mapping):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) == 1 and all(isinstance(item, Mapping) for item in data[lists[0]]):
-            total = None
-            for key in ("total", "count", "total_count", "totalCount", "total_sessions", "total_elements"):
-                value = data.get(key)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    total = value
-                    break
-            return [dict(item) for item in data[lists[0]]], total
-        if not lists and not data:
-            return [], 0
-    raise VonageStudioError(f"unexpected shape of session search results from AI Studio: {_shape(data)}")
+    inner: Any = data
+    path: list[str] = []
+    while True:
+        found = _search_form(inner)
+        if found is not None:
+            return found
+        if not _is_wrapper(inner) or len(path) == INSIGHTS_MAX_WRAPPERS:
+            break
+        ((key, inner),) = inner.items()
+        path.append(str(key))
+    raise VonageStudioError(
+        "unexpected shape of session search results from AI Studio: " + _shape_at(data, inner, path)
+    )
+
+
+def _search_form(data: Any) -> tuple[list[dict[str, Any]], int | None] | None:
+    """Forms 1-2 of :func:`parse_search_body` at this level, or ``None``."""
+    if isinstance(data, list):
+        if all(isinstance(item, Mapping) for item in data):
+            return [dict(item) for item in data], None
+        return None
+    if not isinstance(data, Mapping):
+        return None
+    if not data:
+        return [], 0
+    lists = [value for value in data.values() if isinstance(value, list)]
+    if len(lists) != 1 or not all(isinstance(item, Mapping) for item in lists[0]):
+        return None
+    total = None
+    for key in ("total", "count", "total_count", "totalCount", "total_sessions", "total_elements"):
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            total = value
+            break
+    return [dict(item) for item in lists[0]], total
+
+
+def _is_wrapper(data: Any) -> bool:
+    """A single-key object around another object: ``{"data": {...}}``."""
+    return isinstance(data, Mapping) and len(data) == 1 and isinstance(next(iter(data.values())), Mapping)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _shape_at(original: Any, inner: Any, path: list[str]) -> str:
+    """The refused body's shape, and where the search stopped inside its wrappers."""
+    if not path:
+        return _shape(original)
+    where = ".".join(path)
+    deeper = (
+        f" (looked through at most {INSIGHTS_MAX_WRAPPERS} wrappers)"
+        if len(path) == INSIGHTS_MAX_WRAPPERS
+        else ""
+    )
+    return f"{_shape(original)}; inside {where}: {_shape(inner)}{deeper}"
 
 
 def _shape(data: Any) -> str:
@@ -964,20 +1051,6 @@ def _session_at(session: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def _aware(value: datetime | date | str, field: str) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise VonageStudioConfigError(f"{field} {value!r} is not an ISO-8601 date or datetime") from exc
-    if not isinstance(value, datetime):
-        if isinstance(value, date):
-            value = datetime(value.year, value.month, value.day)
-        else:
-            raise VonageStudioConfigError(f"{field} must be a datetime or ISO-8601 string")
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 def _fmt_dt(value: datetime) -> str:
     # Milliseconds as usual; microseconds only when the value has them, so a bound sent to the
     # API is exactly the one the client compares session times against (window boundaries).
@@ -999,14 +1072,9 @@ def _field_list(value: str | Sequence[str] | None, field: str) -> list[str]:
 
 
 def _iso_param(value: datetime | date | str, field: str) -> str:
-    if isinstance(value, str) and len(value.strip()) == 10:
-        try:
-            return date.fromisoformat(value.strip()).isoformat()
-        except ValueError as exc:
-            raise VonageStudioConfigError(f"{field} {value!r} is not an ISO-8601 date") from exc
-    if isinstance(value, date) and not isinstance(value, datetime):
-        return value.isoformat()
-    return _fmt_dt(_aware(value, field))
+    """A day as the day (``2020-10-14``), an instant as the API's UTC timestamp."""
+    instant = to_utc(value, field=field)  # checks the day as well
+    return instant.date().isoformat() if is_date_only(value) else _fmt_dt(instant)
 
 
 def _quote(value: str) -> str:

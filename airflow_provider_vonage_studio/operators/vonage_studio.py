@@ -744,23 +744,27 @@ class ExportSessionsOperator(BaseOperator):
         self.include_to_date = bool(include_to_date)
         self.vonage_studio_conn_id = vonage_studio_conn_id
 
-    def window(self, context: Context) -> tuple[Any, Any]:
-        """The (rendered) window to export: the arguments, the data interval, or the lookback.
+    def window(self, context: Context) -> tuple[datetime, datetime]:
+        """The window to export, as aware UTC datetimes: the (rendered) arguments, the data
+        interval, or the lookback. Every value, whatever Airflow or the template gave (pendulum,
+        stdlib, string), passes through :func:`~airflow_provider_vonage_studio.timeutil.to_utc`.
 
-        :raises VonageStudioConfigError: only one bound given, or no usable data interval and
-            ``lookback=None``.
+        :raises VonageStudioConfigError: only one bound given, a bound that is not a datetime,
+            date or ISO-8601 string, or no usable data interval and ``lookback=None``.
         """
-        from datetime import datetime, timezone
+        from airflow_provider_vonage_studio.timeutil import to_utc
 
         given = [value not in (None, "") for value in (self.from_date, self.to_date)]
         if all(given):
-            return self.from_date, self.to_date
+            return to_utc(self.from_date, field="from_date"), to_utc(self.to_date, field="to_date")
         if any(given):
             raise VonageStudioConfigError(
                 "from_date and to_date: both rendered, or neither (the data interval)"
             )
-        start = context.get("data_interval_start")
-        end = context.get("data_interval_end")
+        raw_start = context.get("data_interval_start")
+        raw_end = context.get("data_interval_end")
+        start = None if raw_start is None else to_utc(raw_start, field="data_interval_start")
+        end = None if raw_end is None else to_utc(raw_end, field="data_interval_end")
         if start is not None and end is not None and end > start:
             return start, end
         # A manual or asset-triggered run has no data interval (or start == end in Airflow 3).
@@ -770,9 +774,17 @@ class ExportSessionsOperator(BaseOperator):
                 "from_date and to_date"
             )
         dag_run = context.get("dag_run")
-        anchor = end or context.get("logical_date") or getattr(dag_run, "run_after", None)
-        if anchor is None:
-            anchor = datetime.now(timezone.utc)
+        logical_date = context.get("logical_date")
+        run_after = getattr(dag_run, "run_after", None)
+        anchor: datetime
+        if end is not None:
+            anchor = end
+        elif logical_date is not None:
+            anchor = to_utc(logical_date, field="logical_date")
+        elif run_after is not None:
+            anchor = to_utc(run_after, field="run_after")
+        else:
+            anchor = datetime.now(dt_timezone.utc)
         self.log.warning(
             "This run has no data interval; exporting the %s before %s (lookback). Pass from_date and "
             "to_date to choose the window.",
@@ -786,12 +798,11 @@ class ExportSessionsOperator(BaseOperator):
 
         from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-        from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook, _aware
+        from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
 
         try:
-            start, end = self.window(context)
             # Normalised here (not only in the hook) so the returned window says what was searched.
-            start, end = _aware(start, "from_date"), _aware(end, "to_date")
+            start, end = self.window(context)
             filter_by = self.filter_by
             if isinstance(filter_by, str):
                 try:

@@ -7,6 +7,7 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
+import pendulum
 import pytest
 import requests
 
@@ -105,6 +106,89 @@ def test_session_id_is_quoted_into_one_path_segment(hook, requests_mock):
     assert requests_mock.call_count == 1
 
 
+PARAMS = [{"name": "CONFIRMED", "value": "yes"}, {"name": "SLOT", "value": "09:30"}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"session_id": SESSION_ID, "parameters": PARAMS}, id="list-beside-metadata"),
+        pytest.param(
+            {
+                "session_id": SESSION_ID,
+                "session_start_time": START,
+                "agent_id": "agent-1",
+                "count": 2,
+                "complete": True,
+                "error": None,
+                "parameters": PARAMS,
+            },
+            id="list-beside-every-scalar-type",
+        ),
+        pytest.param(
+            {"session_id": SESSION_ID, "parameters": {"CONFIRMED": "yes", "SLOT": "09:30"}},
+            id="mapping-beside-metadata",
+        ),
+        pytest.param({"data": {"parameters": PARAMS}}, id="data-wrapper"),
+        pytest.param(
+            {"result": {"session_id": SESSION_ID, "parameters": PARAMS}}, id="result-wrapper-metadata"
+        ),
+        pytest.param({"data": PARAMS}, id="list-under-data"),
+        pytest.param({"data": {"result": {"CONFIRMED": "yes", "SLOT": "09:30"}}}, id="two-wrappers-mapping"),
+        pytest.param(
+            {"a": {"b": {"c": {"session_id": SESSION_ID, "parameters": PARAMS}}}}, id="three-wrappers"
+        ),
+    ],
+)
+def test_parameters_beside_metadata_and_inside_wrappers(hook, requests_mock, body):
+    requests_mock.get(PARAMS_URL, json=body)
+    assert hook.get_session_parameters(SESSION_ID, START) == {"CONFIRMED": "yes", "SLOT": "09:30"}
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        pytest.param(
+            {"session_id": SESSION_ID, "parameters": PARAMS, "history": [PII]},
+            "session_id: str, parameters: list, history: list",
+            id="two-lists-beside-metadata",
+        ),
+        pytest.param(
+            {"session_id": PII, "parameters": PARAMS, "caller": {"NAME": PII}},
+            "session_id: str, parameters: list, caller: dict",
+            id="list-and-mapping-beside-metadata",
+        ),
+        pytest.param(
+            {"session_id": PII, "parameters": [PII]},
+            "session_id: str, parameters: list",
+            id="list-of-strings-beside-metadata",
+        ),
+        pytest.param(
+            {"session_id": PII, "parameters": {"CALLER": {"NAME": PII}}},
+            "session_id: str, parameters: dict",
+            id="nested-mapping-beside-metadata",
+        ),
+        pytest.param(
+            {"data": {"parameters": PARAMS, "other": [{"name": PII}]}},
+            "inside data: object with keys parameters: list, other: list",
+            id="two-lists-inside-a-wrapper",
+        ),
+        pytest.param(
+            {"a": {"b": {"c": {"d": {"session_id": PII, "parameters": PARAMS}}}}},
+            "inside a.b.c: object with keys d: dict (looked through at most 3 wrappers)",
+            id="four-wrappers",
+        ),
+    ],
+)
+def test_ambiguous_or_too_deep_parameters_are_refused_by_keys_and_types(hook, requests_mock, body, where):
+    requests_mock.get(PARAMS_URL, json=body)
+    with pytest.raises(VonageStudioError, match="unexpected shape of session parameters") as info:
+        hook.get_session_parameters(SESSION_ID, START)
+    message = str(info.value)
+    assert where in message
+    assert "Diane" not in message and "7700900123" not in message
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -126,8 +210,9 @@ def test_unknown_parameters_shape_names_keys_and_types_never_values(hook, reques
 
 def test_unknown_shape_message_in_detail():
     with pytest.raises(VonageStudioError) as info:
-        parse_parameters_body({"session": {"CALLER": PII}, "count": 2})
-    assert "object with keys session: dict, count: int" in str(info.value)
+        parse_parameters_body({"session": {"CALLER": PII}, "caller": {"NAME": PII}, "count": 2})
+    assert "object with keys session: dict, caller: dict, count: int" in str(info.value)
+    assert "Diane" not in str(info.value)
     with pytest.raises(VonageStudioError) as info:
         parse_search_body({"items": [{"to": PII}], "more": [PII]})
     assert "items: list, more: list" in str(info.value)
@@ -204,6 +289,18 @@ T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
         ),
         pytest.param({"items": [{"id": "a"}, {"id": "b"}], "count": 2}, 2, id="items-count"),
         pytest.param({"results": [{"id": "a"}, {"id": "b"}]}, None, id="under-key-no-total"),
+        pytest.param({"data": {"sessions": [{"id": "a"}, {"id": "b"}], "total": 2}}, 2, id="data-wrapper"),
+        pytest.param({"result": [{"id": "a"}, {"id": "b"}]}, None, id="bare-list-under-result"),
+        pytest.param(
+            {"data": {"result": {"items": [{"id": "a"}, {"id": "b"}], "count": 2, "links": {"next": None}}}},
+            2,
+            id="two-wrappers",
+        ),
+        pytest.param(
+            {"a": {"b": {"c": {"sessions": [{"id": "a"}, {"id": "b"}], "total_count": 2}}}},
+            2,
+            id="three-wrappers",
+        ),
     ],
 )
 def test_each_search_shape(hook, requests_mock, body, total):
@@ -220,6 +317,10 @@ def test_each_search_shape(hook, requests_mock, body, total):
         pytest.param({"sessions": [{"id": PII}], "other": []}, id="two-lists"),
         pytest.param({"total": 1, "next": PII}, id="no-list"),
         pytest.param([PII], id="list-of-strings"),
+        pytest.param({"data": {"sessions": [{"id": PII}], "other": [PII]}}, id="two-lists-inside-a-wrapper"),
+        pytest.param({"data": {"total": 1, "next": PII}}, id="no-list-inside-a-wrapper"),
+        pytest.param({"data": {"sessions": {"id": PII}}, "meta": {"total": 1}}, id="two-objects"),
+        pytest.param({"a": {"b": {"c": {"d": {"sessions": [{"id": PII}]}}}}}, id="four-wrappers"),
     ],
 )
 def test_unknown_search_shape(hook, requests_mock, body):
@@ -227,6 +328,129 @@ def test_unknown_search_shape(hook, requests_mock, body):
     with pytest.raises(VonageStudioError, match="unexpected shape of session search results") as info:
         list(hook.search_sessions(T0, T0 + timedelta(days=1)))
     assert "Diane" not in str(info.value)
+
+
+def test_refused_search_body_names_keys_and_where_the_search_stopped():
+    with pytest.raises(VonageStudioError) as info:
+        parse_search_body({"data": {"result": {"sessions": [{"to": PII}], "more": [PII]}}})
+    assert str(info.value).endswith(
+        "object with keys data: dict; inside data.result: object with keys sessions: list, more: list"
+    )
+
+
+def test_a_total_inside_a_wrapper_drives_paging(hook, requests_mock):
+    """The total is read where the list is: a wrapped total that says 'more' must page on (and a
+    capped page_size is still detected)."""
+    sessions = [{"id": f"s-{i}"} for i in range(5)]
+
+    def page(request, context):
+        q = _query(request)
+        number, size = int(q["page_number"][0]), int(q["page_size"][0])
+        return {"data": {"sessions": sessions[number * size : (number + 1) * size], "total": 5}}
+
+    requests_mock.get(SEARCH_RE, json=page)
+    found = [s["id"] for s in hook.search_sessions(T0, T0 + timedelta(days=1), page_size=2)]
+    assert found == [s["id"] for s in sessions]
+    assert requests_mock.call_count == 3
+    requests_mock.get(SEARCH_RE, json={"data": {"sessions": [{"id": "a"}], "total": 5}})
+    with pytest.raises(VonageStudioError, match="cap page_size"):
+        list(hook.search_sessions(T0, T0 + timedelta(days=1), page_size=2))
+
+
+# --------------------------------------------------------------------------- every datetime form
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        pytest.param(
+            pendulum.datetime(2026, 3, 10, tz="UTC"), pendulum.datetime(2026, 3, 11, tz="UTC"), id="pendulum"
+        ),
+        pytest.param(
+            pendulum.datetime(2026, 3, 10, 1, tz="Europe/Paris"),
+            pendulum.datetime(2026, 3, 11, 1, tz="Europe/Paris"),
+            id="pendulum-paris",
+        ),
+        pytest.param(
+            pendulum.datetime(2026, 3, 10, tz="UTC").astimezone(timezone.utc),
+            pendulum.datetime(2026, 3, 11, tz="UTC").astimezone(timezone.utc),
+            id="pendulum-with-stdlib-utc",
+        ),
+        pytest.param(datetime(2026, 3, 10), datetime(2026, 3, 11), id="naive"),
+        pytest.param(
+            datetime(2026, 3, 10, 5, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            datetime(2026, 3, 11, tzinfo=timezone.utc),
+            id="mixed-offsets",
+        ),
+        pytest.param(date(2026, 3, 10), date(2026, 3, 11), id="dates"),
+        pytest.param("2026-03-10T00:00:00Z", "2026-03-11 00:00:00+00:00", id="strings"),
+        pytest.param("2026-03-10", pendulum.datetime(2026, 3, 11, tz="UTC"), id="string-and-pendulum"),
+    ],
+)
+def test_search_bounds_in_every_form(hook, requests_mock, start, end):
+    """The reported failure: pendulum bounds (what Airflow hands a task) raised TypeError."""
+    requests_mock.get(SEARCH_RE, json=[])
+    assert list(hook.search_sessions(start, end)) == []
+    q = _query(requests_mock.request_history[0])
+    assert q["from_date"] == ["2026-03-10T00:00:00.000Z"] and q["to_date"] == ["2026-03-11T00:00:00.000Z"]
+
+
+def test_split_range_with_pendulum_bounds(hook, requests_mock):
+    requests_mock.get(SEARCH_RE, json=[])
+    start = pendulum.datetime(2026, 1, 1, tz="America/New_York")
+    list(hook.search_sessions(start, start.add(days=130), split_range=True))
+    windows = [(_query(r)["from_date"][0], _query(r)["to_date"][0]) for r in requests_mock.request_history]
+    assert windows == [
+        ("2026-01-01T05:00:00.000Z", "2026-03-02T05:00:00.000Z"),
+        ("2026-03-02T05:00:00.000Z", "2026-05-01T05:00:00.000Z"),
+        ("2026-05-01T05:00:00.000Z", "2026-05-11T04:00:00.000Z"),  # DST began in between
+    ]
+
+
+def test_pendulum_range_over_60_days_is_refused_like_any_other(hook, requests_mock):
+    start = pendulum.datetime(2026, 3, 10, tz="UTC")
+    with pytest.raises(VonageStudioConfigError, match="at most 60 days"):
+        hook.search_sessions(start, start.add(days=61))
+    assert requests_mock.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        pytest.param(True, "from_date", id="bool"),
+        pytest.param(1773100800, "from_date", id="epoch"),
+        pytest.param(float("nan"), "from_date", id="nan"),
+        pytest.param(None, "from_date", id="none"),
+        pytest.param("last tuesday", "from_date", id="garbage"),
+    ],
+)
+def test_bad_search_bounds_are_refused_before_any_request(hook, requests_mock, value, field):
+    with pytest.raises(VonageStudioConfigError, match=field):
+        hook.search_sessions(value, T0)
+    with pytest.raises(VonageStudioConfigError, match="to_date"):
+        hook.search_sessions(T0, value)
+    assert requests_mock.call_count == 0
+
+
+def test_session_start_time_in_every_form(hook, requests_mock):
+    requests_mock.get(PARAMS_URL, json=[])
+    for value in (
+        pendulum.datetime(2020, 10, 14, 11, 42, 7, 151657, tz="Europe/Paris"),
+        pendulum.datetime(2020, 10, 14, 9, 42, 7, 151657, tz="UTC").astimezone(timezone.utc),
+        datetime(2020, 10, 14, 9, 42, 7, 151657),
+        "2020-10-14T09:42:07.151657Z",
+    ):
+        hook.get_session_parameters(SESSION_ID, value)
+    hook.get_session_parameters(SESSION_ID, pendulum.date(2020, 10, 14))
+    sent = [_query(r)["session_start_time"][0] for r in requests_mock.request_history]
+    assert sent == ["2020-10-14T09:42:07.151657Z"] * 4 + ["2020-10-14"]
+
+
+@pytest.mark.parametrize("value", [True, 1602668527, float("inf"), None, "", "2020-10-45", "soon"])
+def test_bad_session_start_time_is_refused_before_any_request(hook, requests_mock, value):
+    with pytest.raises(VonageStudioConfigError, match="session_start_time"):
+        hook.get_session_parameters(SESSION_ID, value)
+    assert requests_mock.call_count == 0
 
 
 # --------------------------------------------------------------------------- search: pagination
