@@ -84,6 +84,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": None,
                         "default": "vonage_studio_default",
                     },
+                    "callback_max_age": {
+                        "description": "Seconds after a call started (or its callback token was issued, "
+                        "where that is earlier) during which the callback receiver accepts its status "
+                        "callbacks; later ones are refused with 410. AI Studio reports a missed call within "
+                        "minutes. A positive number, at most 604800 (7 days).",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "3600",
+                        "default": "21600",
+                    },
                 },
             }
         },

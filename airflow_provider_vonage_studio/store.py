@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +43,7 @@ from airflow_provider_vonage_studio.exceptions import UnknownCall, VonageStudioC
 
 __all__ = [
     "FAILURE_STATUSES",
+    "MAX_STATUS_HISTORY",
     "OUTCOME_VALUES",
     "SCHEMA_VERSION",
     "CallRecord",
@@ -58,6 +59,11 @@ __all__ = [
 #: Version of the table layout this code writes. Bump it together with an entry in
 #: ``_MIGRATIONS`` whenever a table changes.
 SCHEMA_VERSION = 2
+
+#: Most status rows kept per call. AI Studio posts one failure status per call; a call that
+#: collects more is being flooded (a leaked token with varying ``conversation_uuid``), and
+#: further statuses are refused (``RecordOutcome.HISTORY_FULL``) instead of stored.
+MAX_STATUS_HISTORY = 20
 
 #: Statuses AI Studio posts to ``status_url`` (only when the callee did not pick up).
 FAILURE_STATUSES: tuple[str, ...] = ("cancelled", "rejected", "busy", "timeout", "failed")
@@ -93,6 +99,9 @@ class RecordOutcome(str, Enum):
     HISTORY = "history"  # a later, different status: kept in the history only
     UNKNOWN_CALL = "unknown_call"  # no such call_ref: nothing written
     MISMATCH = "mismatch"  # names another destination than the call's (StatusUpdate.to): nothing written
+    NOT_PLACED = "not_placed"  # placed_only and the call is not PLACED: nothing written
+    STALE = "stale"  # max_age and the call (or its token) is older than that: nothing written
+    HISTORY_FULL = "history_full"  # the call already has max_history statuses: nothing written
 
 
 class StoreSchemaTooNew(VonageStudioError):
@@ -145,6 +154,8 @@ class StatusUpdate:
     ``conversation_uuid`` ``None`` and ``""`` both mean "none"; a naive ``timestamp`` is UTC.
     ``to``, when set, is the destination the callback names: the update is recorded only if it
     matches the call's destination (otherwise ``RecordOutcome.MISMATCH``, nothing written).
+    ``issued_at``, when set, is when the callback's token was issued: with ``max_age`` the
+    callback's age is measured from it where it is earlier than the call's start.
     """
 
     call_ref: str
@@ -153,6 +164,7 @@ class StatusUpdate:
     timestamp: datetime | None
     payload: dict[str, Any]
     to: str | None = None
+    issued_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------- column types
@@ -761,26 +773,51 @@ class CallStore:
         updates: Sequence[StatusUpdate],
         *,
         destination_matches: Callable[[str, str], bool] | None = None,
+        placed_only: bool = False,
+        max_age: timedelta | None = None,
+        max_history: int | None = MAX_STATUS_HISTORY,
+        now: datetime | None = None,
     ) -> list[RecordOutcome]:
         """Store many status callbacks in one write transaction; one outcome per update, in order.
 
         Each update gets what :meth:`record_status` would give it if the updates were recorded
         one after the other in the order given: a repeat within the batch is a ``DUPLICATE``,
-        and of two statuses of one call the earlier one is ``RECORDED``. In addition, an
-        update with ``to`` set gets ``MISMATCH`` (nothing written) when
-        ``destination_matches(update.to, call.destination)`` is false; by default the two
-        strings must be equal.
+        and of two statuses of one call the earlier one is ``RECORDED``. In addition, nothing
+        is written for an update that gets, checked in this order:
+
+        * ``NOT_PLACED`` with ``placed_only``, when the call's ledger state is not
+          ``CallState.PLACED`` (refused by the API, not sent yet, or outcome unknown: AI
+          Studio cannot have reported on it);
+        * ``STALE`` with ``max_age``, when more than ``max_age`` passed (at ``now``, default
+          the current time) since the call's ``session_start_time`` or the update's
+          ``issued_at``, whichever is earlier;
+        * ``MISMATCH``, for an update with ``to`` set, when
+          ``destination_matches(update.to, call.destination)`` is false; by default the two
+          strings must be equal;
+        * ``HISTORY_FULL``, when the call already has ``max_history`` statuses (default
+          :data:`MAX_STATUS_HISTORY`; ``None``: unbounded) and the update is not one of them
+          (a repeat of a stored status is still a ``DUPLICATE``).
+
+        The callback receiver always passes ``placed_only=True`` and its ``max_age``.
 
         One transaction and one commit for the whole batch: the calls are read (and, on
-        PostgreSQL, locked) with one query per 500, then each history row not repeated within
-        the batch is inserted (a conflict skips it) and each call's first status set. Racing
-        batches and single records agree: the history's unique constraint decides what is a
-        duplicate, the lock on the call's row which status came first.
+        PostgreSQL, locked) with one query per 500, the history of calls that already have a
+        status counted under that lock, then each history row not repeated within the batch
+        is inserted (a conflict skips it) and each call's first status set. Racing batches and
+        single records agree: the history's unique constraint decides what is a duplicate, the
+        lock on the call's row which status came first and how many statuses it has.
 
         Raises :class:`VonageStudioConfigError`, before anything is written, when an update's
         ``status`` is empty or ``status``/``conversation_uuid`` are longer than the store
-        keeps (64 / 255 characters); database errors roll the whole batch back.
+        keeps (64 / 255 characters), or ``max_age`` / ``max_history`` are not positive;
+        database errors roll the whole batch back.
         """
+        if max_age is not None and (not isinstance(max_age, timedelta) or max_age <= timedelta(0)):
+            raise VonageStudioConfigError(f"max_age: must be a positive timedelta, got {max_age!r}")
+        if max_history is not None and (
+            not isinstance(max_history, int) or isinstance(max_history, bool) or max_history < 1
+        ):
+            raise VonageStudioConfigError(f"max_history: must be an int >= 1 or None, got {max_history!r}")
         items = list(updates)
         uuids = []
         for item in items:
@@ -798,12 +835,14 @@ class CallStore:
             uuids.append(uuid)
         if not items:
             return []
-        now = _utcnow()
+        now = _utcnow() if now is None else _as_utc(now)
         outcomes: list[RecordOutcome] = []
         calls, events = calls_table, status_events_table
         with self._transaction(write=True) as conn:
             destinations: dict[str, str] = {}
             has_status: set[str] = set()
+            states: dict[str, str] = {}
+            started: dict[str, datetime | None] = {}
             for chunk in _chunks(sorted({item.call_ref for item in items})):
                 # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers),
                 # taken in call_ref order: every writer of a call's history holds the call's row
@@ -811,15 +850,37 @@ class CallStore:
                 # history rows, the history keeps the order of each batch, and the status read
                 # here stays true until the commit.
                 rows = conn.execute(
-                    sa.select(calls.c.call_ref, calls.c.destination, calls.c.status)
+                    sa.select(
+                        calls.c.call_ref,
+                        calls.c.destination,
+                        calls.c.status,
+                        calls.c.state,
+                        calls.c.session_start_time,
+                    )
                     .where(calls.c.call_ref.in_(chunk))
                     .order_by(calls.c.call_ref)
                     .with_for_update()
                 )
-                for ref, destination, status in rows:
+                for ref, destination, status, state, session_start_time in rows:
                     destinations[ref] = destination
+                    states[ref] = state
+                    started[ref] = session_start_time
                     if status is not None:
                         has_status.add(ref)
+            # History sizes, counted only now that the calls' rows are locked: a separate statement
+            # sees every row committed by a batch that held the lock before us (a subquery of the
+            # locking SELECT would use the snapshot taken before it waited). A call without a
+            # status has no history: its first status and its first row are written together.
+            history_size: dict[str, int] = {}
+            if max_history is not None and has_status:
+                for chunk in _chunks(sorted(has_status)):
+                    history_size.update(
+                        conn.execute(
+                            sa.select(events.c.call_ref, sa.func.count())
+                            .where(events.c.call_ref.in_(chunk))
+                            .group_by(events.c.call_ref)
+                        ).all()
+                    )
             insert_event = _insert_ignoring_conflicts(conn, events)
             seen: set[tuple[str, str, str]] = set()
             first_new: dict[str, int] = {}  # call_ref -> index of its first new history row
@@ -828,6 +889,16 @@ class CallStore:
                 if destination is None:
                     outcomes.append(RecordOutcome.UNKNOWN_CALL)
                     continue
+                # Compared with the enum's value, not a literal: state names may change between
+                # schema versions, PLACED is what "AI Studio accepted the call" is called.
+                if placed_only and states[item.call_ref] != CallState.PLACED.value:
+                    outcomes.append(RecordOutcome.NOT_PLACED)
+                    continue
+                if max_age is not None:
+                    since = [t for t in (started[item.call_ref], item.issued_at) if t is not None]
+                    if since and now - min(_as_utc(t) for t in since) > max_age:
+                        outcomes.append(RecordOutcome.STALE)
+                        continue
                 if item.to is not None and not (
                     destination_matches(item.to, destination)
                     if destination_matches is not None
@@ -836,6 +907,22 @@ class CallStore:
                     outcomes.append(RecordOutcome.MISMATCH)
                     continue
                 key = (item.call_ref, item.status, uuid)
+                if (
+                    max_history is not None
+                    and key not in seen
+                    and history_size.get(item.call_ref, 0) >= max_history
+                ):
+                    # Full: a repeat of a stored status is still a duplicate (AI Studio retrying),
+                    # anything else is refused. Only flooded calls pay for this query.
+                    stored = conn.execute(
+                        sa.select(events.c.id).where(
+                            events.c.call_ref == item.call_ref,
+                            events.c.status == item.status,
+                            events.c.conversation_uuid == uuid,
+                        )
+                    ).first()
+                    outcomes.append(RecordOutcome.DUPLICATE if stored else RecordOutcome.HISTORY_FULL)
+                    continue
                 # A conflicting INSERT is skipped, not failed: the transaction carries on with the
                 # rest of the batch. A repeat within the batch is not even sent.
                 new = key not in seen and _inserted(
@@ -855,6 +942,7 @@ class CallStore:
                 if not new:
                     outcomes.append(RecordOutcome.DUPLICATE)
                     continue
+                history_size[item.call_ref] = history_size.get(item.call_ref, 0) + 1
                 outcomes.append(RecordOutcome.HISTORY)
                 if item.call_ref not in has_status:
                     first_new.setdefault(item.call_ref, index)

@@ -18,23 +18,36 @@ Routes (relative to where the app is mounted; the plugin mounts it at ``/vonage-
 
     * ``401`` the token is malformed, truncated, forged or signed with another secret;
     * ``404`` the token is genuine but its call is not in the store;
+    * ``409`` the call was not placed: its ledger state is not ``placed`` (the API refused
+      it, it was never sent, or its outcome is unknown), so AI Studio cannot have reported
+      on it and a status would only mislead whoever reads it (a DAG re-dialing ``busy``
+      calls, say);
     * ``409`` the body's ``to`` is not the number (or SIP URI) the call was placed to.
       A token only ever travels to AI Studio inside the status URL of *that* call, so a
       mismatch means a token was leaked and reused, or calls were mixed up: recording it
       would attach somebody else's outcome to the call. Formatting is forgiven (digits
       are compared, ``+``/``00``/spaces ignored; SIP URIs compared without scheme,
       parameters or case of the host);
+    * ``409`` the call already has :data:`~airflow_provider_vonage_studio.store.MAX_STATUS_HISTORY`
+      (20) statuses: AI Studio posts one per call, so more is a flood (a repeat of a stored
+      status still answers ``duplicate``);
+    * ``410`` the callback is too late: more than ``callback_max_age`` (default 6 hours)
+      after the call started, or after its token was issued where that is earlier. AI
+      Studio reports a missed call within minutes; a late one is a replayed or stolen
+      token. A token whose own issue time is too old is refused before the body is read;
     * ``413`` the body is larger than 16 KiB (declared ``Content-Length`` or bytes
       actually sent);
     * ``422`` the body is not a JSON object with the five fields, ``status`` is not one of
       ``cancelled``, ``rejected``, ``busy``, ``timeout``, ``failed``, ``timestamp`` is not
-      an ISO 8601 date-time, or a field is over-long or holds control characters. Extra
-      fields are ignored. The answer names the fields, never their values.
+      an ISO 8601 date-time, or a field is over-long or holds control characters (ASCII
+      and C1 controls, Unicode line and paragraph separators, bidirectional controls).
+      Extra fields are ignored. The answer names the fields, never their values.
 
     ``503`` is a configuration or infrastructure problem, not bad input: no
     ``callback_secret`` is configured on the connection (no token could ever be
     verified), or the call store cannot be reached. The token is checked before the body
-    is read, the body before the store is touched.
+    is read, the body before the store is touched. A client that hangs up before its
+    body is complete is logged as one warning line; nothing is stored.
 
 ``GET /health``
     ``{"status": "ok"}`` after a cheap store query; ``503`` with the reason when the store
@@ -44,6 +57,9 @@ Routes (relative to where the app is mounted; the plugin mounts it at ``/vonage-
 ``GET /outcomes`` and ``GET /outcomes.json``
     The read-only outcome view (:mod:`~airflow_provider_vonage_studio.callbacks.view`);
     see :func:`create_app` for who may see it.
+
+The app serves no OpenAPI schema or interactive docs (``/openapi.json``, ``/docs`` and
+``/redoc`` answer 404): a receiver facing the Internet has nothing to advertise.
 
 Security: the app is not behind Airflow's authentication (apps mounted through a plugin's
 ``fastapi_apps`` never are); the token is the only guard of the callback route. Tokens
@@ -58,31 +74,41 @@ import asyncio
 import functools
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from airflow_provider_vonage_studio.callbacks.tokens import InvalidToken, elide_token, verify_token
+from airflow_provider_vonage_studio.callbacks.tokens import (
+    InvalidToken,
+    VerifiedToken,
+    elide_token,
+    verify_token_details,
+)
 from airflow_provider_vonage_studio.destinations import redact
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.store import CallRecord, CallStore, RecordOutcome
 
 __all__ = [
+    "DEFAULT_CALLBACK_MAX_AGE",
     "DEFAULT_CONN_ID",
     "MAX_BODY_BYTES",
+    "MAX_CALLBACK_MAX_AGE",
     "OutcomeViewMode",
     "StatusCallback",
     "connection_secrets",
     "create_app",
+    "resolve_callback_max_age",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +121,12 @@ MAX_BODY_BYTES = 16 * 1024
 #: effect within half a minute, long enough that a burst of callbacks does not look the
 #: connection up (possibly in the metadata database or a secrets backend) every time.
 SECRET_CACHE_SECONDS = 30.0
+#: How long after a call started (or its token was issued, where earlier) its callbacks are
+#: accepted. AI Studio reports a missed call within minutes; hours leave room for its retries
+#: and for a receiver that was down for a while, without letting an old token rewrite history.
+DEFAULT_CALLBACK_MAX_AGE = timedelta(hours=6)
+#: The largest ``callback_max_age`` accepted: beyond a week the bound protects nothing.
+MAX_CALLBACK_MAX_AGE = timedelta(days=7)
 #: The statuses AI Studio posts (see the seed); anything else is refused.
 CallbackStatus = Literal["cancelled", "rejected", "busy", "timeout", "failed"]
 #: Who may see the outcome view: ``"airflow"`` any user logged in to the Airflow API server
@@ -102,9 +134,12 @@ CallbackStatus = Literal["cancelled", "rejected", "busy", "timeout", "failed"]
 #: can reach the app, ``"off"`` nobody (404).
 OutcomeViewMode = Literal["airflow", "public", "off"]
 
-# Anything below 0x20 or DEL: no field of a callback has a use for them, NUL breaks
-# PostgreSQL text columns, and newlines would let a value forge log lines.
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Anything below 0x20, DEL and the C1 controls (U+0080-U+009F, NEL among them): no field of a
+# callback has a use for them, NUL breaks PostgreSQL text columns, and line breaks would let a
+# value forge log lines. The Unicode line and paragraph separators break lines too (in log
+# viewers, in JavaScript), and the bidirectional embedding, override and isolate controls
+# (U+202A-U+202E, U+2066-U+2069) make a value display as something other than it is.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SIP_SCHEME_RE = re.compile(r"^sips?:", re.IGNORECASE)
 
 
@@ -328,6 +363,53 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
+def resolve_callback_max_age(value: float | timedelta | None = None) -> timedelta:
+    """The callbacks' maximum age: ``value``, else ``[vonage_studio] callback_max_age``, else 6 h.
+
+    ``value`` is a :class:`~datetime.timedelta` or a number of seconds; the configuration
+    option (env ``AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE``) is a number of seconds.
+
+    :raises VonageStudioConfigError: naming the setting, when it is not a number of seconds
+        (a bool, a non-numeric string, NaN, infinity), not positive, or over 7 days
+        (:data:`MAX_CALLBACK_MAX_AGE`).
+    """
+    from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
+
+    field = "callback_max_age"
+    seconds: float
+    if value is None:
+        from airflow_provider_vonage_studio._compat import conf
+
+        raw = conf.get("vonage_studio", "callback_max_age", fallback=None)
+        if raw is None or not str(raw).strip():
+            return DEFAULT_CALLBACK_MAX_AGE
+        field = "[vonage_studio] callback_max_age"
+        try:
+            seconds = float(str(raw).strip())
+        except ValueError:
+            raise VonageStudioConfigError(
+                f"{field}: must be a number of seconds such as 21600, got {str(raw)[:40]!r}"
+            ) from None
+    elif isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VonageStudioConfigError(
+            f"{field}: must be a timedelta or a number of seconds, got {type(value).__name__}"
+        )
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise VonageStudioConfigError(
+            f"{field}: must be a positive, finite number of seconds, got {seconds!r}"
+        )
+    if seconds > MAX_CALLBACK_MAX_AGE.total_seconds():
+        raise VonageStudioConfigError(
+            f"{field}: must be at most {int(MAX_CALLBACK_MAX_AGE.total_seconds())} seconds (7 days), "
+            f"got {seconds:g}"
+        )
+    return timedelta(seconds=seconds)
+
+
 def create_app(
     *,
     store: CallStore | None = None,
@@ -335,6 +417,7 @@ def create_app(
     conn_id: str = DEFAULT_CONN_ID,
     outcome_view: OutcomeViewMode = "airflow",
     secret_cache_seconds: float = SECRET_CACHE_SECONDS,
+    callback_max_age: float | timedelta | None = None,
 ) -> FastAPI:
     """Build the receiver app (see the module docstring for its routes and answers).
 
@@ -350,10 +433,16 @@ def create_app(
         ``"public"`` shows it to anyone who can reach the app (numbers are always
         redacted; use it only behind an authenticating proxy or on a private address);
         ``"off"`` answers 404.
+    :param callback_max_age: how long after a call started (or its token was issued, where
+        earlier) its callbacks are accepted: a timedelta or seconds; default
+        ``[vonage_studio] callback_max_age``, else 6 hours (see
+        :func:`resolve_callback_max_age`). Later ones answer 410.
     :raises ValueError: for an unknown ``outcome_view``.
+    :raises VonageStudioConfigError: for a bad ``callback_max_age`` (or configuration option).
     """
     if outcome_view not in ("airflow", "public", "off"):
         raise ValueError(f"outcome_view must be 'airflow', 'public' or 'off', got {outcome_view!r}")
+    max_age = resolve_callback_max_age(callback_max_age)
     secrets = _SecretCache(secret_provider or (lambda: connection_secrets(conn_id)), secret_cache_seconds)
 
     def get_store() -> CallStore:
@@ -368,13 +457,15 @@ def create_app(
     app = FastAPI(
         title="Vonage AI Studio callbacks",
         description="Receives AI Studio's status callbacks for calls placed by Airflow.",
-        # The receiver may face the Internet: no interactive docs to advertise it.
+        # The receiver may face the Internet: no schema or interactive docs to advertise it.
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
     )
     app.add_middleware(_ElideTokenInPath)
     app.state.call_store = get_store
-    recorder = _Recorder(get_store)
+    app.state.callback_max_age = max_age
+    recorder = _Recorder(get_store, max_age)
 
     async def load_secrets() -> list[str]:
         cached = secrets.cached()
@@ -397,11 +488,17 @@ def create_app(
                 "the receiver has no callback secret: set the extra 'callback_secret' of connection "
                 f"{conn_id!r}",
             )
-        call_ref = _verify(token, keys)
-        if call_ref is None:
+        verified = _verify(token, keys)
+        if verified is None:
             # The token itself is never logged: a fingerprint lets an operator match repeats.
             log.warning("callback refused: invalid token (fingerprint %s)", _fingerprint(token))
             return _error(401, "invalid callback token")
+        call_ref = verified.call_ref
+        if verified.issued_at is not None and datetime.now(timezone.utc) - verified.issued_at > max_age:
+            # The call started after its token was issued, so it is too old as well: no need to
+            # read the body or ask the store.
+            log.warning("callback for %s refused: its token was issued more than %s ago", call_ref, max_age)
+            return _too_late(max_age)
 
         declared = request.headers.get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -412,6 +509,13 @@ def create_app(
         except _BodyTooLarge:
             log.warning("callback for %s refused: body over %d bytes", call_ref, MAX_BODY_BYTES)
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        except ClientDisconnect:
+            # Routine on the Internet (a timeout, a probe): one line, not an ASGI traceback. The
+            # answer below is never delivered; returning normally ends the request cleanly.
+            log.warning(
+                "callback for %s not recorded: the client hung up before sending the whole body", call_ref
+            )
+            return _error(400, "the request body was incomplete")
 
         try:
             callback = StatusCallback.model_validate_json(body)
@@ -420,7 +524,7 @@ def create_app(
             log.warning("callback for %s refused: %s", call_ref, detail)
             return _error(422, detail)
 
-        return await recorder.submit(call_ref, callback)
+        return await recorder.submit(verified, callback)
 
     @app.get("/health")
     async def health() -> Response:
@@ -445,13 +549,21 @@ def create_app(
     return app
 
 
-def _verify(token: str, secrets: list[str]) -> str | None:
+def _verify(token: str, secrets: list[str]) -> VerifiedToken | None:
     for secret in secrets:
         try:
-            return verify_token(token, secret)
+            return verify_token_details(token, secret)
         except InvalidToken:
             continue
     return None
+
+
+def _too_late(max_age: timedelta) -> JSONResponse:
+    return _error(
+        410,
+        f"callback too late: callbacks are accepted for {int(max_age.total_seconds())} seconds after "
+        "the call started",
+    )
 
 
 def _fingerprint(token: str) -> str:
@@ -490,7 +602,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems) or "invalid body"
 
 
-_Pending = tuple[str, StatusCallback, "asyncio.Future[Response]"]
+_Pending = tuple[VerifiedToken, StatusCallback, "asyncio.Future[Response]"]
 
 
 class _Recorder:
@@ -508,9 +620,15 @@ class _Recorder:
     """
 
     def __init__(
-        self, get_store: Callable[[], CallStore], *, workers: int | None = None, max_batch: int = 64
+        self,
+        get_store: Callable[[], CallStore],
+        max_age: timedelta,
+        *,
+        workers: int | None = None,
+        max_batch: int = 64,
     ) -> None:
         self._get_store = get_store
+        self._max_age = max_age
         self._workers = workers
         self._max_batch = max_batch
         self._pending: list[_Pending] = []
@@ -518,9 +636,9 @@ class _Recorder:
         # Strong references: the event loop keeps only weak ones to tasks.
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, call_ref: str, callback: StatusCallback) -> Response:
+    async def submit(self, verified: VerifiedToken, callback: StatusCallback) -> Response:
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._pending.append((call_ref, callback, future))
+        self._pending.append((verified, callback, future))
         if self._workers is None:
             try:
                 self._workers = 2 if self._get_store().url.startswith("sqlite") else 8
@@ -539,7 +657,7 @@ class _Recorder:
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 try:
-                    answers = await run_in_threadpool(_record_batch, self._get_store, batch)
+                    answers = await run_in_threadpool(_record_batch, self._get_store, batch, self._max_age)
                 except Exception as exc:  # pragma: no cover - _record_batch answers per item
                     log.error("callbacks not recorded: %s", type(exc).__name__)
                     answers = [_store_unavailable() for _ in batch]
@@ -554,11 +672,14 @@ def _store_unavailable() -> Response:
     return _error(503, "the call store is unavailable; the callback was not recorded")
 
 
-def _record_batch(get_store: Callable[[], CallStore], batch: list[_Pending]) -> list[Response]:
+def _record_batch(
+    get_store: Callable[[], CallStore], batch: list[_Pending], max_age: timedelta
+) -> list[Response]:
     """Check and record a batch of callbacks (in a worker thread: the store blocks).
 
-    The whole batch is one store transaction (``record_statuses``), destination check
-    included. Never raises: a store failure answers 503 for every callback of the batch, as
+    The whole batch is one store transaction (``record_statuses``), the checks included:
+    placed calls only, within ``max_age``, with the call's destination, within the history
+    cap. Never raises: a store failure answers 503 for every callback of the batch, as
     none of them was recorded. The log names the exception type only, as a database error
     message may quote the payload.
     """
@@ -566,33 +687,45 @@ def _record_batch(get_store: Callable[[], CallStore], batch: list[_Pending]) -> 
 
     updates = [
         StatusUpdate(
-            call_ref,
+            verified.call_ref,
             callback.status,
             callback.conversation_uuid or None,
             callback.event_time(),
             callback.model_dump(),
             to=callback.to,
+            issued_at=verified.issued_at,
         )
-        for call_ref, callback, _ in batch
+        for verified, callback, _ in batch
     ]
     try:
-        outcomes = get_store().record_statuses(updates, destination_matches=destinations_match)
+        outcomes = get_store().record_statuses(
+            updates, destination_matches=destinations_match, placed_only=True, max_age=max_age
+        )
     except Exception as exc:
         log.error("%d callback(s) not recorded: call store error %s", len(batch), type(exc).__name__)
         return [_store_unavailable() for _ in batch]
     return [
-        _answer(call_ref, callback, outcome)
-        for (call_ref, callback, _), outcome in zip(batch, outcomes, strict=True)
+        _answer(verified.call_ref, callback, outcome, max_age)
+        for (verified, callback, _), outcome in zip(batch, outcomes, strict=True)
     ]
 
 
-def _answer(call_ref: str, callback: StatusCallback, outcome: RecordOutcome) -> Response:
+def _answer(call_ref: str, callback: StatusCallback, outcome: RecordOutcome, max_age: timedelta) -> Response:
     """The response (and log line) for one callback the store has dealt with."""
-    from airflow_provider_vonage_studio.store import RecordOutcome
+    from airflow_provider_vonage_studio.store import MAX_STATUS_HISTORY, RecordOutcome
 
     if outcome is RecordOutcome.UNKNOWN_CALL:
         log.warning("callback for %s refused: no such call in the store", call_ref)
         return _error(404, "unknown call")
+    if outcome is RecordOutcome.NOT_PLACED:
+        log.warning("callback for %s refused: the call was not placed", call_ref)
+        return _error(409, "the call was not placed: no status is accepted for it")
+    if outcome is RecordOutcome.STALE:
+        log.warning("callback for %s refused: more than %s after the call started", call_ref, max_age)
+        return _too_late(max_age)
+    if outcome is RecordOutcome.HISTORY_FULL:
+        log.warning("callback for %s refused: its status history is full", call_ref)
+        return _error(409, f"the call already has {MAX_STATUS_HISTORY} statuses: no more are kept")
     if outcome is RecordOutcome.MISMATCH:
         log.warning(
             "callback for %s refused: to %s is not the call's destination", call_ref, redact(callback.to)

@@ -201,6 +201,16 @@ def test_outcome_view_needs_an_airflow_login_and_shows_readable_dags_only(
     assert NUMBER not in page.text and "+44•••••0123" in page.text
 
 
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_mounted_receiver_serves_no_schema_or_docs(
+    api_server: tuple[TestClient, str, _AccessLog], path: str
+) -> None:
+    client, _, _ = api_server
+    resp = client.get(f"/vonage-studio{path}")
+    assert resp.status_code == 404, resp.text[:300]
+    assert "swagger" not in resp.text.lower() and "openapi" not in resp.text.lower()
+
+
 def test_reserved_prefix_and_mount_are_airflows(api_server: tuple[TestClient, str, _AccessLog]) -> None:
     client, _, _ = api_server
     from starlette.routing import Mount

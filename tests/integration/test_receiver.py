@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -563,3 +563,206 @@ def test_5000_concurrent_callbacks_for_distinct_calls_give_5000_rows(
     assert "(recorded)" in logged
     assert TEST_SECRET not in logged
     assert not any(token.rpartition(".")[2] in logged for token in tokens[:200])
+
+
+# ---------------------------------------------------- placed calls only, bounded age and history
+
+
+def _legacy_url(call_ref: str, secret: str = TEST_SECRET) -> str:
+    """A status URL as signed before tokens carried their issue time (``<call_ref>.<sig>``)."""
+    import base64
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode(), call_ref.encode(), hashlib.sha256).digest()
+    return f"/calls/{call_ref}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}/status"
+
+
+def _place_started(store: CallStore, key: str, started: datetime) -> str:
+    call_ref = make_call_ref("dag", "run", "task", key=key)
+    store.begin_call(call_ref, agent_id=AGENT, destination=NUMBER)
+    store.mark_placed(call_ref, str(uuid.uuid4()), started)
+    return call_ref
+
+
+def test_token_issued_200_days_ago_is_410(client: TestClient, store: CallStore) -> None:
+    call_ref = place(store, "old-token")
+    old = sign_token(call_ref, TEST_SECRET, issued_at=datetime.now(timezone.utc) - timedelta(days=200))
+    resp = client.post(f"/calls/{old}/status", json=body())
+    assert resp.status_code == 410, resp.text
+    assert "too late" in resp.json()["detail"]
+    assert nothing_stored(store, call_ref)
+    # The same call with a fresh token is fine: the token's age alone refused it.
+    assert client.post(url(call_ref), json=body()).status_code == 200
+
+
+def test_rewriting_the_issue_time_of_an_old_token_is_401(client: TestClient, store: CallStore) -> None:
+    call_ref = place(store, "rewritten")
+    old = sign_token(call_ref, TEST_SECRET, issued_at=datetime.now(timezone.utc) - timedelta(days=200))
+    fresh_stamp = sign_token(call_ref, TEST_SECRET).rpartition(".")[2]
+    forged = f"{old.rpartition('.')[0]}.{fresh_stamp}"
+    assert client.post(f"/calls/{forged}/status", json=body()).status_code == 401
+    assert nothing_stored(store, call_ref)
+
+
+def test_callback_for_a_call_started_7_hours_ago_is_410(client: TestClient, store: CallStore) -> None:
+    call_ref = _place_started(store, "stale-call", datetime.now(timezone.utc) - timedelta(hours=7))
+    resp = client.post(url(call_ref), json=body())  # a token issued just now does not make it young
+    assert resp.status_code == 410, resp.text
+    assert nothing_stored(store, call_ref)
+
+
+def test_legacy_token_is_accepted_and_aged_from_the_call_start(client: TestClient, store: CallStore) -> None:
+    recent = _place_started(store, "legacy-recent", datetime.now(timezone.utc) - timedelta(minutes=5))
+    resp = client.post(_legacy_url(recent), json=body())
+    assert (resp.status_code, resp.json()) == (200, {"result": "recorded"})
+    ancient = _place_started(store, "legacy-ancient", datetime.now(timezone.utc) - timedelta(days=200))
+    assert client.post(_legacy_url(ancient), json=body()).status_code == 410
+    assert nothing_stored(store, ancient)
+
+
+@pytest.mark.parametrize("state", ["not sent", "rejected", "unknown"])
+def test_callback_for_a_call_that_was_not_placed_is_409(
+    client: TestClient, store: CallStore, state: str
+) -> None:
+    call_ref = make_call_ref("dag", "run", "task", key=f"not-placed-{state}")
+    store.begin_call(call_ref, agent_id=AGENT, destination=NUMBER)
+    if state == "rejected":
+        store.mark_rejected(call_ref, 400, "Bad destination number format")
+    elif state == "unknown":
+        store.mark_unknown(call_ref, "read timeout")
+    before = store.get_call(call_ref)
+    resp = client.post(url(call_ref), json=body())
+    assert resp.status_code == 409, resp.text
+    assert "not placed" in resp.json()["detail"]
+    assert nothing_stored(store, call_ref)
+    assert store.get_call(call_ref) == before  # state, error and updated_at untouched
+
+
+def test_history_flood_with_varying_conversation_uuid_is_capped(client: TestClient, store: CallStore) -> None:
+    from airflow_provider_vonage_studio.store import MAX_STATUS_HISTORY
+
+    call_ref = place(store, "flood")
+    answers = [
+        client.post(url(call_ref), json=body(conversation_uuid=f"CON-{i}")).status_code
+        for i in range(MAX_STATUS_HISTORY + 10)
+    ]
+    assert answers == [200] * MAX_STATUS_HISTORY + [409] * 10
+    assert len(store.status_history(call_ref)) == MAX_STATUS_HISTORY
+    resp = client.post(url(call_ref), json=body(conversation_uuid="CON-more", status="failed"))
+    assert resp.status_code == 409 and f"{MAX_STATUS_HISTORY} statuses" in resp.json()["detail"]
+    # AI Studio repeating a callback it already delivered still gets its 200.
+    assert client.post(url(call_ref), json=body(conversation_uuid="CON-0")).json() == {"result": "duplicate"}
+    assert store.get_call(call_ref).status == "busy"  # type: ignore[union-attr]
+
+
+def test_callback_max_age_is_configurable(store: CallStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    call_ref = _place_started(store, "configured", datetime.now(timezone.utc) - timedelta(minutes=2))
+    short = create_app(
+        store=store, secret_provider=lambda: [TEST_SECRET], outcome_view="off", callback_max_age=60
+    )
+    with TestClient(short) as client:
+        assert client.post(url(call_ref), json=body()).status_code == 410
+    monkeypatch.setenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE", "90")
+    configured = create_app(store=store, secret_provider=lambda: [TEST_SECRET], outcome_view="off")
+    assert configured.state.callback_max_age == timedelta(seconds=90)
+    with TestClient(configured) as client:
+        assert client.post(url(call_ref), json=body()).status_code == 410
+    monkeypatch.setenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE", "600")
+    roomy = create_app(store=store, secret_provider=lambda: [TEST_SECRET], outcome_view="off")
+    with TestClient(roomy) as client:
+        assert client.post(url(call_ref), json=body()).status_code == 200
+    monkeypatch.delenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE")
+    assert create_app(store=store, outcome_view="off").state.callback_max_age == timedelta(hours=6)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [True, False, float("nan"), float("inf"), -1, 0, "3600", [3600], 8 * 86400, timedelta(seconds=-5)],
+)
+def test_bad_callback_max_age_argument_is_refused(store: CallStore, value: Any) -> None:
+    from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
+
+    with pytest.raises(VonageStudioConfigError, match="callback_max_age"):
+        create_app(store=store, outcome_view="off", callback_max_age=value)
+
+
+@pytest.mark.parametrize("raw", ["true", "nan", "inf", "-inf", "-5", "0", "six hours", "604801"])
+def test_bad_callback_max_age_option_is_refused(
+    store: CallStore, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
+
+    monkeypatch.setenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE", raw)
+    with pytest.raises(VonageStudioConfigError, match=r"\[vonage_studio\] callback_max_age"):
+        create_app(store=store, outcome_view="off")
+
+
+@pytest.mark.parametrize("char", ["\x85", "\x9b", "\u2028", "\u2029", "\u202a", "\u202e", "\u2066", "\u2069"])
+@pytest.mark.parametrize("field", ["agent_id", "to", "conversation_uuid", "timestamp"])
+def test_unicode_line_breaks_and_bidi_controls_are_422(
+    client: TestClient, store: CallStore, char: str, field: str
+) -> None:
+    call_ref = place(store, "unicode")
+    value = body()[field]
+    resp = client.post(url(call_ref), json=body(**{field: value[:3] + char + value[3:]}))
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"].startswith(field) and "control characters" in resp.json()["detail"]
+    assert nothing_stored(store, call_ref)
+
+
+def test_ordinary_unicode_is_still_accepted(client: TestClient, store: CallStore) -> None:
+    call_ref = place(store, "unicode-ok")
+    resp = client.post(url(call_ref), json=body(conversation_uuid="CON-é-日本-\u00a0-\u200b"))
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_no_schema_or_docs_are_served(client: TestClient, path: str) -> None:
+    assert client.get(path).status_code == 404
+
+
+def test_client_hanging_up_mid_body_is_one_log_line(
+    store_url: str, uvicorn_receiver: tuple[int, Path]
+) -> None:
+    port, log_path = uvicorn_receiver
+    store = CallStore(store_url)
+    try:
+        call_ref = place(store, "hang-up")
+    finally:
+        store.dispose()
+    partial = json.dumps(body()).encode()[:40]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            (
+                f"POST /calls/{sign_token(call_ref, TEST_SECRET)}/status HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(partial) + 500}\r\n\r\n"
+            ).encode()
+            + partial
+        )
+    marker = "the client hung up before sending the whole body"
+    deadline = time.monotonic() + 30
+    while marker not in log_path.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The receiver carries on serving.
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    logged = log_path.read_text(errors="replace")
+    assert logged.count(marker) == 1, logged[-3000:]
+    line = next(line for line in logged.splitlines() if marker in line)
+    assert call_ref in line
+    assert "Traceback" not in logged and "Exception in ASGI application" not in logged, logged[-3000:]
+    checker = CallStore(store_url)
+    try:
+        assert nothing_stored(checker, call_ref)
+    finally:
+        checker.dispose()
+
+
+def test_declared_default_of_callback_max_age_is_the_receivers() -> None:
+    from airflow_provider_vonage_studio import get_provider_info
+    from airflow_provider_vonage_studio.callbacks.app import DEFAULT_CALLBACK_MAX_AGE
+
+    option = get_provider_info()["config"]["vonage_studio"]["options"]["callback_max_age"]
+    assert float(option["default"]) == DEFAULT_CALLBACK_MAX_AGE.total_seconds()
+    assert option["type"] == "float"
