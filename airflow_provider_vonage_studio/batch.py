@@ -474,7 +474,9 @@ class BatchDialer:
         purpose within one task instance.
     :param hangup_on_answer_machine: passed to every call.
     :param redial_unknown: dial again calls whose outcome is unknown (they may have rung).
-    :param do_not_call: numbers never to dial, on top of the store's do-not-call list.
+    :param do_not_call: numbers never to dial, on top of the store's do-not-call list: a list,
+        or one string of numbers separated by commas or line breaks
+        (:func:`~airflow_provider_vonage_studio.destinations.parse_number_list`).
     :param default_country: for numbers in ``do_not_call`` typed without a country code.
     :param calling_window: parsed window (``windows.parse_calling_window``) or ``None``.
     :param with_status_url: give each call the connection's callback ``status_url``.
@@ -483,6 +485,11 @@ class BatchDialer:
     :param clock: the current time (aware); injectable for calling-window tests.
     :param monotonic: the clock progress lines are timed with.
     :param logger: where progress and outcomes are logged (the task's logger).
+
+    :raises VonageStudioConfigError: (at construction, before any store access) ``agent_id``
+        is empty or holds whitespace or control characters, ``do_not_call`` is malformed or
+        has an entry that is not a possible number or SIP URI, ``window_margin`` or
+        ``progress_interval`` is not a finite duration within bounds.
     """
 
     def __init__(
@@ -497,7 +504,7 @@ class BatchDialer:
         call_key: str | None = None,
         hangup_on_answer_machine: bool | None = None,
         redial_unknown: bool = False,
-        do_not_call: Iterable[str] = (),
+        do_not_call: str | Iterable[str] | None = (),
         default_country: str | None = None,
         calling_window: tuple[dtime, dtime] | None = None,
         with_status_url: bool = True,
@@ -507,20 +514,26 @@ class BatchDialer:
         monotonic: Callable[[], float] = time.monotonic,
         logger: Any = None,
     ) -> None:
-        if not isinstance(agent_id, str) or not agent_id.strip():
-            raise VonageStudioConfigError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        from airflow_provider_vonage_studio.destinations import parse_number_list
+        from airflow_provider_vonage_studio.validation import check_agent_id, check_duration, check_seconds
+
         self.hook = hook
-        self.agent_id = agent_id.strip()
+        self.agent_id = check_agent_id(agent_id)
         self.identity = (dag_id, run_id, task_id, int(map_index))
         self.call_key = None if call_key in (None, "") else str(call_key)
         self.hangup_on_answer_machine = hangup_on_answer_machine
         self.redial_unknown = redial_unknown
-        self.do_not_call = tuple(do_not_call)
+        # Normalised once, with default_country, like each recipient's number.
+        self.do_not_call = parse_number_list(
+            do_not_call, field="do_not_call", default_country=default_country
+        )
         self.default_country = default_country
         self.calling_window = calling_window
         self.with_status_url = with_status_url
-        self.window_margin = window_margin
-        self.progress_interval = progress_interval
+        self.window_margin = check_duration(window_margin, field="window_margin")
+        self.progress_interval = check_seconds(
+            progress_interval, field="progress_interval", exclusive_minimum=True
+        )
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.monotonic = monotonic
         self.log = logger or log
@@ -619,14 +632,8 @@ class BatchDialer:
 
     def _listed(self, store: CallStore, destinations: list[str]) -> set[str]:
         """Destinations on the store's do-not-call list or the operator's extra list."""
-        from airflow_provider_vonage_studio.destinations import normalize_destination
-
         listed = store.dnc_filter(destinations)
-        for number in self.do_not_call:
-            try:
-                listed.add(normalize_destination(number, default_country=self.default_country))
-            except VonageStudioError:
-                listed.add(str(number))
+        listed.update(self.do_not_call)
         return listed
 
     def _one(

@@ -27,7 +27,7 @@ from airflow_provider_vonage_studio.exceptions import InvalidDestination, Vonage
 if TYPE_CHECKING:
     from phonenumbers import PhoneNumber
 
-__all__ = ["normalize_destination", "redact", "timezone_for_number"]
+__all__ = ["normalize_destination", "parse_number_list", "redact", "split_number_list", "timezone_for_number"]
 
 #: What a destination must look like; ends every InvalidDestination message.
 DESTINATION_RULE = (
@@ -55,6 +55,15 @@ _PORT_RE = re.compile(r"[0-9]{1,5}")
 _LONG_DIGIT_RUN_RE = re.compile(r"[0-9]{5,}")
 # A SIP URI longer than this is a mistake, not an address; also bounds the work done.
 _MAX_SIP_LENGTH = 512
+# Separators of a number list given as one string: commas and line breaks.
+_LIST_SEPARATORS_RE = re.compile(r"[,\r\n]+")
+# Most digits a phone number can have, with an international prefix (00 + 15 of E.164).
+_MAX_PHONE_DIGITS = 17
+
+#: How a list of numbers (``do_not_call``) may be given; ends every list error.
+NUMBER_LIST_RULE = (
+    "give a list of numbers or SIP URIs, or one string of them separated by commas or line breaks"
+)
 
 
 def redact(value: Any) -> str:
@@ -97,7 +106,7 @@ def redact(value: Any) -> str:
     return _MASK
 
 
-def normalize_destination(value: str, default_country: str | None = None) -> str:
+def normalize_destination(value: str, default_country: str | None = None, *, field: str = "to") -> str:
     """Return ``value`` in the form AI Studio's ``to`` wants.
 
     Phone numbers come back as the country code plus the national number, digits only
@@ -123,24 +132,133 @@ def normalize_destination(value: str, default_country: str | None = None) -> str
     unchanged apart from surrounding whitespace.
 
     :raises InvalidDestination: when ``value`` is not a string, is empty, or is neither a
-        possible phone number nor a SIP URI. The message names ``to``, the redacted value
-        and the rule.
+        possible phone number nor a SIP URI. The message names ``field`` (default ``to``),
+        the redacted value and the rule.
     :raises VonageStudioConfigError: when ``default_country`` is not a region code known
         to ``phonenumbers``.
     """
     region = _check_default_country(default_country)
     if value is None:
-        raise InvalidDestination(f"to is missing: {DESTINATION_RULE}")
+        raise InvalidDestination(f"{field} is missing: {DESTINATION_RULE}")
     if not isinstance(value, str):
         raise InvalidDestination(
-            f"to {redact(value)!r} must be a string, not {type(value).__name__}: {DESTINATION_RULE}"
+            f"{field} {redact(value)!r} must be a string, not {type(value).__name__}: {DESTINATION_RULE}"
         )
     text = value.strip()
     if not text:
-        raise InvalidDestination(f"to is empty: {DESTINATION_RULE}")
+        raise InvalidDestination(f"{field} is empty: {DESTINATION_RULE}")
     if _SIP_SCHEME_RE.match(text):
-        return _check_sip(text)
-    return _normalize_phone(text, region)
+        return _check_sip(text, field)
+    return _normalize_phone(text, region, field)
+
+
+def split_number_list(value: Any, *, field: str) -> tuple[str, ...]:
+    """Return the entries of a list of numbers (``do_not_call``), checked without metadata.
+
+    ``value`` is one of:
+
+    * ``None`` or an empty string: no entries;
+    * a string: one number, or several separated by commas or line breaks
+      (``"+44 7700 900123, +44 7700 900124"``). A string that is a JSON or Python list
+      (``'["+44 7700 900123"]'``, as a template renders an XCom list) is read as that list;
+    * a list, tuple or set of strings.
+
+    Entries are stripped; empty ones (a trailing comma, a blank line) are dropped. Each entry
+    must look like a phone number (digits with the separators :func:`normalize_destination`
+    accepts, an optional leading ``+``, at most 17 digits) or be a valid SIP URI. This check
+    loads no ``phonenumbers`` metadata, so it runs when a DAG file is parsed; whether a
+    number is *possible* is checked by :func:`parse_number_list`.
+
+    :raises VonageStudioConfigError: ``value`` is another type (a mapping, a number, a bool,
+        bytes), a list holds something other than strings, or a string that starts like a
+        list cannot be read as one. The message names ``field``.
+    :raises InvalidDestination: an entry is neither a phone number nor a SIP URI; the message
+        names ``field[index]`` and the entry, redacted.
+    """
+    return tuple(entry for _, entry in _split_numbers(value, field))
+
+
+def _split_numbers(value: Any, field: str) -> list[tuple[int, str]]:
+    """``(index as given, entry)`` of each non-empty entry; see :func:`split_number_list`."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            items: Any = _literal_list(text, field)
+        else:
+            items = _LIST_SEPARATORS_RE.split(text)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
+    else:
+        raise VonageStudioConfigError(
+            f"{field}: expected a list of numbers or one string, got {type(value).__name__}: "
+            f"{NUMBER_LIST_RULE}"
+        )
+    entries: list[tuple[int, str]] = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        if not isinstance(item, str):
+            # bool, int and nested lists alike: an int would lose a leading 0 or +, and a
+            # value that can never match must not be kept as if it could.
+            raise VonageStudioConfigError(
+                f"{where}: expected a string, got {type(item).__name__}: {NUMBER_LIST_RULE}"
+            )
+        entry = item.strip()
+        if not entry:
+            continue
+        if _SIP_SCHEME_RE.match(entry):
+            _check_sip(entry, where)
+        else:
+            body = entry[4:].strip() if entry[:4].lower() == "tel:" else entry
+            compact = _SEPARATORS_RE.sub("", body)
+            digits = len(compact.lstrip("+"))
+            if not _PHONE_RE.fullmatch(compact) or digits > _MAX_PHONE_DIGITS:
+                raise InvalidDestination(
+                    f"{where} {redact(entry)!r} is not a phone number or SIP URI: {DESTINATION_RULE}"
+                )
+        entries.append((index, entry))
+    return entries
+
+
+def parse_number_list(value: Any, *, field: str, default_country: str | None = None) -> tuple[str, ...]:
+    """Return a list of numbers (``do_not_call``) normalised like ``to``, duplicates dropped.
+
+    ``value`` takes the shapes :func:`split_number_list` describes; every entry is then
+    normalised by :func:`normalize_destination` with ``default_country`` (national numbers
+    need it), so it compares equal to the ``to`` of the same person.
+
+    :raises VonageStudioConfigError: as :func:`split_number_list`, or ``default_country`` is
+        not a known region.
+    :raises InvalidDestination: an entry is not a possible phone number or a valid SIP URI;
+        the message names ``field[index]`` and the entry, redacted.
+    """
+    normalized = [
+        normalize_destination(entry, default_country=default_country, field=f"{field}[{index}]")
+        for index, entry in _split_numbers(value, field)
+    ]
+    return tuple(dict.fromkeys(normalized))
+
+
+def _literal_list(text: str, field: str) -> list[Any]:
+    """A list written as JSON or as a Python literal (a rendered XCom), or raise naming ``field``."""
+    import ast
+    import json
+
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise VonageStudioConfigError(
+                f"{field}: starts like a list ('[') but is neither JSON nor a Python list: {NUMBER_LIST_RULE}"
+            ) from None
+    if not isinstance(parsed, (list, tuple)):
+        raise VonageStudioConfigError(
+            f"{field}: expected a list, got {type(parsed).__name__}: {NUMBER_LIST_RULE}"
+        )
+    return list(parsed)
 
 
 def timezone_for_number(digits: str) -> str | None:
@@ -209,15 +327,15 @@ _REASONS = {
 }
 
 
-def _normalize_phone(text: str, region: str | None) -> str:
+def _normalize_phone(text: str, region: str | None, field: str = "to") -> str:
     import phonenumbers
 
-    shown = redact(text)
+    shown = f"{field} {redact(text)!r}"
     body = text[4:].strip() if text[:4].lower() == "tel:" else text
     compact = _SEPARATORS_RE.sub("", body)
     if not _PHONE_RE.fullmatch(compact):
         raise InvalidDestination(
-            f"to {shown!r} is not a phone number (only digits, spaces, '-', '.', '/', "
+            f"{shown} is not a phone number (only digits, spaces, '-', '.', '/', "
             f"parentheses and a leading '+' are allowed): {DESTINATION_RULE}"
         )
     if compact.startswith("+"):
@@ -240,7 +358,7 @@ def _normalize_phone(text: str, region: str | None) -> str:
             # Falling back to "digits with a country code" here would turn a national
             # number with a typo into somebody's number abroad: refuse instead.
             raise InvalidDestination(
-                f"to {shown!r} is not a possible phone number in {region} "
+                f"{shown} is not a possible phone number in {region} "
                 f"({_REASONS.get(reason, 'not a phone number')}): {DESTINATION_RULE}"
             )
         # Longer than any national number of the region: it must carry a country code.
@@ -273,14 +391,14 @@ def _international(
             return _e164_digits(number)
     if too_long_for is not None:
         raise InvalidDestination(
-            f"to {shown!r} is not a possible phone number: too long for {too_long_for} and "
+            f"{shown} is not a possible phone number: too long for {too_long_for} and "
             f"not a possible number with a country code either: {DESTINATION_RULE}"
         )
     if digits_only and reason == phonenumbers.ValidationResult.INVALID_COUNTRY_CODE:
         raise InvalidDestination(_no_country_code_message(shown))
     hint = "; for national numbers set default_country (e.g. 'GB')" if digits_only else ""
     raise InvalidDestination(
-        f"to {shown!r} is not a possible phone number ({_REASONS.get(reason, 'not a phone number')}): "
+        f"{shown} is not a possible phone number ({_REASONS.get(reason, 'not a phone number')}): "
         f"{DESTINATION_RULE}{hint}"
     )
 
@@ -299,7 +417,7 @@ def _parse_error_reason(exc: Exception) -> int:
 
 def _no_country_code_message(shown: str) -> str:
     return (
-        f"to {shown!r} has no country code: {DESTINATION_RULE}; "
+        f"{shown} has no country code: {DESTINATION_RULE}; "
         "for national numbers set default_country (e.g. 'GB')"
     )
 
@@ -311,12 +429,12 @@ def _e164_digits(number: PhoneNumber) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
 
 
-def _check_sip(text: str) -> str:
+def _check_sip(text: str, field: str = "to") -> str:
     """Return ``text`` if it is ``sip(s):user@host[:port]``, else raise InvalidDestination."""
-    shown = redact(text)
+    shown = f"{field} {redact(text)!r}"
 
     def bad(problem: str) -> InvalidDestination:
-        return InvalidDestination(f"to {shown!r} is not a valid SIP URI ({problem}): {DESTINATION_RULE}")
+        return InvalidDestination(f"{shown} is not a valid SIP URI ({problem}): {DESTINATION_RULE}")
 
     if len(text) > _MAX_SIP_LENGTH:
         raise bad(f"longer than {_MAX_SIP_LENGTH} characters")

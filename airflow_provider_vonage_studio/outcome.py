@@ -142,32 +142,33 @@ def normalize_fail_on(fail_on: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def normalize_answer_window(answer_window: timedelta | float | int) -> timedelta:
-    """``answer_window`` as a ``timedelta`` (numbers are seconds).
+def normalize_answer_window(
+    answer_window: timedelta | float | int, field: str = "answer_window"
+) -> timedelta:
+    """``answer_window`` (or another wait such as ``pending_timeout``) as a ``timedelta``;
+    numbers are seconds. Zero is allowed; at most a day (:data:`~airflow_provider_vonage_studio.
+    validation.MAX_DURATION`).
 
-    :raises VonageStudioConfigError: naming ``answer_window`` for a negative or non-numeric value.
+    :raises VonageStudioConfigError: naming ``field`` for a value that is not a timedelta or
+        number (a bool or a string included), NaN, infinite, negative or over a day.
     """
-    if isinstance(answer_window, timedelta):
-        window = answer_window
-    elif isinstance(answer_window, (int, float)) and not isinstance(answer_window, bool):
-        window = timedelta(seconds=float(answer_window))
-    else:
-        raise VonageStudioConfigError(
-            f"answer_window: expected a timedelta or a number of seconds, got {type(answer_window).__name__}"
-        )
-    if window < timedelta(0):
-        raise VonageStudioConfigError(f"answer_window: must not be negative, got {window}")
-    return window
+    from airflow_provider_vonage_studio.validation import check_duration
+
+    return check_duration(answer_window, field=field)
 
 
 def normalize_interval(value: float, field: str = "poll_interval") -> float:
     """A polling interval in seconds, as a float.
 
-    :raises VonageStudioConfigError: naming ``field`` for a value that is not a number > 0.
+    :raises VonageStudioConfigError: naming ``field`` for a value that is not a number
+        (a bool included), NaN, infinite, not > 0 or over a day.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise VonageStudioConfigError(f"{field}: must be a number of seconds > 0, got {value!r}")
-    return float(value)
+    from airflow_provider_vonage_studio.validation import check_seconds
+
+    if isinstance(value, timedelta):
+        # Only numbers were ever accepted here; a timedelta is refused rather than guessed.
+        raise VonageStudioConfigError(f"{field}: must be a number of seconds > 0, got a timedelta")
+    return check_seconds(value, field=field, exclusive_minimum=True)
 
 
 def answer_deadline(record: CallRecord, answer_window: timedelta) -> datetime | None:

@@ -16,7 +16,12 @@ from typing import Any
 
 from airflow_provider_vonage_studio.exceptions import InvalidSessionParameter
 
-__all__ = ["PARAMETER_NAME_RULE", "normalize_session_parameters"]
+__all__ = [
+    "MAX_PARAMETER_VALUE_LENGTH",
+    "MAX_SESSION_PARAMETERS",
+    "PARAMETER_NAME_RULE",
+    "normalize_session_parameters",
+]
 
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
 
@@ -27,6 +32,17 @@ PARAMETER_NAME_RULE = (
 )
 
 _VALUE_RULE = "values must be str, int, float, Decimal or bool (sent as strings)"
+
+#: Most parameters one call may carry. An agent reads each as ``$NAME`` in its flow; a
+#: voice conversation that needs more than this is passing a data set, which belongs in
+#: a lookup (a Webhook node) rather than in the call's start.
+MAX_SESSION_PARAMETERS = 50
+
+#: Most characters of one parameter value (after conversion to a string). What an agent
+#: says or compares is a name, a date, a short sentence; 2,000 characters is about two
+#: minutes of speech. A longer value is a document pasted by mistake (and personal data
+#: the call does not need).
+MAX_PARAMETER_VALUE_LENGTH = 2000
 
 
 def normalize_session_parameters(
@@ -46,9 +62,11 @@ def normalize_session_parameters(
     names, and any non-empty string is accepted.
 
     :raises InvalidSessionParameter: when ``params`` has another shape (including a str:
-        a template rendered to text rather than a native object), an item is not a
-        ``{"name", "value"}`` mapping, a name is not a str, is empty, breaks the rule or
-        is repeated, or a value is ``None``, a container, non-finite or another type.
+        a template rendered to text rather than a native object), there are more than
+        :data:`MAX_SESSION_PARAMETERS` parameters, an item is not a ``{"name", "value"}``
+        mapping, a name is not a str, is empty, breaks the rule or is repeated, or a value
+        is ``None``, a container, non-finite, another type, or longer than
+        :data:`MAX_PARAMETER_VALUE_LENGTH` characters.
         The message names the parameter and the rule; values are never quoted, as they
         often hold personal data.
     """
@@ -70,6 +88,11 @@ def normalize_session_parameters(
             f'{{"name": ..., "value": ...}} objects, got {type(params).__name__}{hint}'
         )
 
+    if len(items) > MAX_SESSION_PARAMETERS:
+        raise InvalidSessionParameter(
+            f"session_parameters: {len(items)} parameters given; a call carries at most "
+            f"{MAX_SESSION_PARAMETERS}"
+        )
     result: list[dict[str, str]] = []
     seen: set[str] = set()
     for where, name, value in items:
@@ -77,7 +100,14 @@ def normalize_session_parameters(
         if name in seen:
             raise InvalidSessionParameter(f"session_parameters: {name!r} is given more than once")
         seen.add(name)
-        result.append({"name": name, "value": _value_to_str(name, value)})
+        text = _value_to_str(name, value)
+        if len(text) > MAX_PARAMETER_VALUE_LENGTH:
+            # The value itself is never quoted: it often holds personal data.
+            raise InvalidSessionParameter(
+                f"session parameter {name!r} has a value of {len(text)} characters; at most "
+                f"{MAX_PARAMETER_VALUE_LENGTH} are sent"
+            )
+        result.append({"name": name, "value": text})
     return result
 
 

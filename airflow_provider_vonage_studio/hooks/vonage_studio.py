@@ -48,6 +48,8 @@ REGION_HOSTS = {
 ALLOWED_CALLS_PER_SECOND = (1, 3, 5)
 PACE_SCOPES = ("agent", "key")
 DEFAULT_TIMEOUT = 30.0
+#: Shortest ``callback_secret`` accepted: guessable below, and too short for the log masker.
+MIN_CALLBACK_SECRET_LENGTH = 16
 CONNECT_TIMEOUT = 10.0
 MAKE_CALL_PATH = "/telephony/make-call"
 # The seed's 500 that means "this agent has no preconfigured session": configuration, not an outage.
@@ -108,58 +110,69 @@ def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionCo
     """Build a :class:`ConnectionConfig` from an Airflow ``Connection``.
 
     :raises VonageStudioConfigError: naming the field, for a missing key, an unknown region,
-        a ``calls_per_second`` other than 1/3/5, a bad timeout or a malformed URL.
+        a ``calls_per_second`` other than 1/3/5 (a bool is not a number), a ``timeout`` that
+        is not a finite number of seconds in (0, 120], a ``callback_base_url`` that is not a
+        well-formed http(s) URL with a host, a ``callback_secret`` shorter than
+        :data:`MIN_CALLBACK_SECRET_LENGTH` characters, or an extra of the wrong type
+        (e.g. a number where a string belongs).
     """
+    from airflow_provider_vonage_studio.validation import MAX_REQUEST_TIMEOUT, check_http_url, check_seconds
+
     extra = dict(conn.extra_dejson or {})
-    api_key = (conn.password or extra.get("api_key") or "").strip()
+    where = f"connection {conn.conn_id!r}"
+    api_key = (conn.password or _extra_str(extra, "api_key", where) or "").strip()
     if not api_key:
-        raise VonageStudioConfigError(
-            f"connection {conn.conn_id!r}: field 'password' (the API key sent as X-Vgai-Key) is empty"
-        )
-    region = str(extra.get("region") or "eu").strip().lower()
+        raise VonageStudioConfigError(f"{where}: field 'password' (the API key sent as X-Vgai-Key) is empty")
+    region = (_extra_str(extra, "region", where) or "eu").lower()
     if region not in REGION_HOSTS:
-        raise VonageStudioConfigError(
-            f"connection {conn.conn_id!r}: extra 'region' is {region!r}; expected 'eu' or 'us'"
-        )
+        raise VonageStudioConfigError(f"{where}: extra 'region' is {region!r}; expected 'eu' or 'us'")
     cps_raw = extra.get("calls_per_second", 1)
     try:
+        if isinstance(cps_raw, bool):
+            # JSON true is not a number (int(True) would silently be 1).
+            raise ValueError
         cps = int(cps_raw)
         if str(cps) != str(cps_raw).strip() and float(cps_raw) != cps:
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         cps = -1
     if cps not in ALLOWED_CALLS_PER_SECOND:
         raise VonageStudioConfigError(
-            f"connection {conn.conn_id!r}: extra 'calls_per_second' is {cps_raw!r}; "
-            "AI Studio grants 1 (default), 3 or 5 calls per second"
+            f"{where}: extra 'calls_per_second' is {cps_raw!r}; "
+            "AI Studio grants 1 (default), 3 or 5 calls per second (a number, not true/false)"
         )
-    pace_scope = str(extra.get("pace_scope") or "agent").strip().lower()
+    pace_scope = (_extra_str(extra, "pace_scope", where) or "agent").lower()
     if pace_scope not in PACE_SCOPES:
         raise VonageStudioConfigError(
-            f"connection {conn.conn_id!r}: extra 'pace_scope' is {pace_scope!r}; expected 'agent' or 'key'"
+            f"{where}: extra 'pace_scope' is {pace_scope!r}; expected 'agent' or 'key'"
         )
     if timeout is None:
-        timeout_raw = extra.get("timeout", DEFAULT_TIMEOUT)
-        try:
-            timeout = float(timeout_raw)
-        except (TypeError, ValueError):
-            timeout = -1.0
-        field = "extra 'timeout'"
+        timeout_raw: Any = extra.get("timeout", DEFAULT_TIMEOUT)
+        field = f"{where}: extra 'timeout'"
+        if isinstance(timeout_raw, str):
+            # The connection form stores every field as text.
+            try:
+                timeout_raw = float(timeout_raw.strip())
+            except ValueError:
+                raise VonageStudioConfigError(
+                    f"{field}: {timeout_raw!r} is not a number of seconds (e.g. 30)"
+                ) from None
     else:
-        timeout_raw, field = timeout, "argument 'timeout'"
-    if not timeout > 0:
-        raise VonageStudioConfigError(
-            f"connection {conn.conn_id!r}: {field} is {timeout_raw!r}; expected a number of seconds > 0"
+        timeout_raw, field = timeout, f"{where}: argument 'timeout'"
+    timeout = check_seconds(timeout_raw, field=field, exclusive_minimum=True, maximum=MAX_REQUEST_TIMEOUT)
+    callback_base_url = _extra_str(extra, "callback_base_url", where)
+    if callback_base_url:
+        callback_base_url = check_http_url(
+            callback_base_url, field=f"{where}: extra 'callback_base_url'", allow_query=False
         )
-    callback_base_url = (extra.get("callback_base_url") or "").strip() or None
-    if callback_base_url and (
-        not callback_base_url.startswith(("http://", "https://")) or any(c in callback_base_url for c in "?#")
-    ):
+    callback_secret = _extra_str(extra, "callback_secret", where)
+    if callback_secret and len(callback_secret) < MIN_CALLBACK_SECRET_LENGTH:
+        # A short secret can be guessed, and Airflow's log masker skips secrets this short.
         raise VonageStudioConfigError(
-            f"connection {conn.conn_id!r}: extra 'callback_base_url' must be an http:// or https:// URL "
-            "without query or fragment (the receiver's path is appended to it)"
+            f"{where}: extra 'callback_secret' has {len(callback_secret)} characters; use a random "
+            f'secret of at least {MIN_CALLBACK_SECRET_LENGTH} (e.g. python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))")'
         )
-    callback_secret = (extra.get("callback_secret") or "").strip() or None
     return ConnectionConfig(
         api_key=api_key,
         base_url=_base_url(conn, region),
@@ -170,6 +183,16 @@ def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionCo
         callback_secret=callback_secret,
         timeout=float(timeout),
     )
+
+
+def _extra_str(extra: Mapping[str, Any], name: str, where: str) -> str | None:
+    """Extra ``name`` stripped (``None`` when absent or empty), or raise if it is not a string."""
+    value = extra.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise VonageStudioConfigError(f"{where}: extra {name!r} must be a string, got {type(value).__name__}")
+    return value.strip() or None
 
 
 def _base_url(conn: Any, region: str) -> str:
@@ -236,12 +259,33 @@ class VonageStudioHook(BaseHook):
         pace: bool = True,
     ) -> None:
         super().__init__()
+        from airflow_provider_vonage_studio.validation import (
+            MAX_REQUEST_TIMEOUT,
+            MAX_RETRY_BACKOFF,
+            MAX_RETRY_TIME,
+            check_seconds,
+        )
+
         self.vonage_studio_conn_id = vonage_studio_conn_id
-        self._timeout = timeout
+        # Checked here, not when the connection is first read: a bad value fails the task
+        # before anything is written to the ledger.
+        self._timeout = (
+            None
+            if timeout is None
+            else check_seconds(timeout, field="timeout", exclusive_minimum=True, maximum=MAX_REQUEST_TIMEOUT)
+        )
         self._store = store
+        if (
+            isinstance(max_attempts, bool)
+            or not isinstance(max_attempts, int)
+            or not 1 <= max_attempts <= 100
+        ):
+            raise VonageStudioConfigError(f"max_attempts: expected an integer 1..100, got {max_attempts!r}")
         self.max_attempts = max_attempts
-        self.max_retry_seconds = max_retry_seconds
-        self.retry_backoff = retry_backoff
+        self.max_retry_seconds = check_seconds(
+            max_retry_seconds, field="max_retry_seconds", maximum=MAX_RETRY_TIME
+        )
+        self.retry_backoff = check_seconds(retry_backoff, field="retry_backoff", maximum=MAX_RETRY_BACKOFF)
         self.pace = pace
         self.rate_limited_count = 0
         # Indirection so tests can observe the waits without sleeping.
@@ -411,7 +455,7 @@ class VonageStudioHook(BaseHook):
         task_id: str | None = None,
         map_index: int = -1,
         recipient_key: str | None = None,
-        extra_do_not_call: Sequence[str] = (),
+        extra_do_not_call: str | Sequence[str] | None = (),
     ) -> CallResult:
         """Place one outbound call from ``agent_id`` to ``to``.
 
@@ -422,7 +466,12 @@ class VonageStudioHook(BaseHook):
         :class:`CallOutcomeUnknown` unless ``redial_unknown=True``.
 
         :raises InvalidDestination: ``to`` is not a possible number or SIP URI.
-        :raises InvalidSessionParameter: a parameter name or value breaks AI Studio's rules.
+        :raises InvalidSessionParameter: a parameter name or value breaks AI Studio's rules, or
+            there are too many parameters or a value is too long.
+        :raises VonageStudioConfigError: ``agent_id`` is empty or holds whitespace or control
+            characters; ``status_url`` is not a well-formed absolute http(s) URL with a host;
+            ``extra_do_not_call`` (numbers typed like ``to``: a list, or one string of numbers
+            separated by commas or line breaks) is malformed.
         :raises DoNotCall: the destination is on the do-not-call list.
         :raises VonageStudioBadRequest: 400. :raises VonageStudioAuthError: 401.
         :raises VonageStudioAgentNotFound: 404. :raises VonageStudioRateLimited: 429 after retries.
@@ -431,18 +480,19 @@ class VonageStudioHook(BaseHook):
         """
         from airflow_provider_vonage_studio.destinations import normalize_destination, redact
         from airflow_provider_vonage_studio.params import normalize_session_parameters
+        from airflow_provider_vonage_studio.validation import check_agent_id, check_status_url
 
-        if not isinstance(agent_id, str) or not agent_id.strip():
-            raise VonageStudioConfigError(f"agent_id must be a non-empty string, got {agent_id!r}")
-        agent_id = agent_id.strip()
+        agent_id = check_agent_id(agent_id)
         destination = normalize_destination(to, default_country=default_country)
         params = normalize_session_parameters(session_parameters, strict_names=strict_parameter_names)
         if hangup_on_answer_machine is not None and not isinstance(hangup_on_answer_machine, bool):
             raise VonageStudioConfigError(
                 f"hangup_on_answer_machine must be true or false, got {hangup_on_answer_machine!r}"
             )
-        if status_url is not None and not str(status_url).startswith(("http://", "https://")):
-            raise VonageStudioConfigError("status_url must be an http:// or https:// URL")
+        if status_url is not None:
+            status_url = check_status_url(status_url)
+        # Checked now, so a malformed list fails before the ledger is touched.
+        _normalized_numbers(extra_do_not_call, default_country)
         body: dict[str, Any] = {"agent_id": agent_id, "to": destination}
         if status_url:
             body["status_url"] = status_url
@@ -517,13 +567,11 @@ class VonageStudioHook(BaseHook):
         return self._dial_recorded(body, call_ref, status_url)
 
     def _check_do_not_call(
-        self, destination: str, extra: Sequence[str], default_country: str | None = None
+        self, destination: str, extra: str | Sequence[str] | None, default_country: str | None = None
     ) -> None:
         from airflow_provider_vonage_studio.destinations import redact
 
-        if destination in _normalized_numbers(tuple(extra), default_country) or self.store.dnc_filter(
-            [destination]
-        ):
+        if destination in _normalized_numbers(extra, default_country) or self.store.dnc_filter([destination]):
             raise DoNotCall(f"{redact(destination)} is on the do-not-call list; not dialed")
 
     def _dial_recorded(self, body: dict[str, Any], call_ref: str, status_url: str | None) -> CallResult:
@@ -1129,19 +1177,27 @@ def _reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-@lru_cache(maxsize=16)
-def _normalized_numbers(numbers: tuple[str, ...], default_country: str | None) -> frozenset[str]:
-    """An operator's extra do-not-call list as the API would see each number (cached: a batch
-    checks the same list before every dial). Typed like ``to``, so ``default_country`` applies."""
-    from airflow_provider_vonage_studio.destinations import normalize_destination
+def _normalized_numbers(numbers: Any, default_country: str | None) -> frozenset[str]:
+    """``make_call``'s ``extra_do_not_call`` as the API would see each number. Typed like ``to``,
+    so ``default_country`` applies; shapes as
+    :func:`~airflow_provider_vonage_studio.destinations.parse_number_list` (one string is one
+    number, or a comma/newline-separated list; never its characters).
 
-    normalized = set()
-    for number in numbers:
-        try:
-            normalized.add(normalize_destination(number, default_country=default_country))
-        except VonageStudioError:
-            normalized.add(str(number))
-    return frozenset(normalized)
+    :raises VonageStudioConfigError: naming ``extra_do_not_call``, for a list of the wrong
+        type or an entry that is not a possible number or SIP URI (nothing is dialed).
+    """
+    from airflow_provider_vonage_studio.destinations import split_number_list
+
+    # Splitting is cheap and loads no metadata; normalising is cached, as a batch checks the
+    # same list before every dial.
+    return _normalized_entries(split_number_list(numbers, field="extra_do_not_call"), default_country)
+
+
+@lru_cache(maxsize=16)
+def _normalized_entries(entries: tuple[str, ...], default_country: str | None) -> frozenset[str]:
+    from airflow_provider_vonage_studio.destinations import parse_number_list
+
+    return frozenset(parse_number_list(entries, field="extra_do_not_call", default_country=default_country))
 
 
 def _result_from_record(record: CallRecord, status_url: str | None) -> CallResult:

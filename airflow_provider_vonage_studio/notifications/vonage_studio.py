@@ -174,18 +174,34 @@ class VonageStudioCallNotifier(BaseNotifier):
     :param hangup_on_answer_machine: AI Studio's beta answering-machine hang-up.
     :param default_country: ISO country (``"GB"``) for numbers written without a country code.
     :param strict_parameter_names: refuse parameter names that break AI Studio's ``UPPER_CASE`` rule.
-    :param timeout: read timeout of the API request in seconds (default: the connection's, 30).
+    :param timeout: read timeout of the API request in seconds (default: the connection's, 30;
+        at most 120).
     :param call_key: mixed into every ``call_ref``: tells apart two uses of one notifier for the
         same event (see the module documentation).
+    :param do_not_call: numbers never to ring, on top of the store's do-not-call list: a list,
+        or one string of numbers separated by commas or line breaks, read like ``to``. A
+        listed number is not rung (``DoNotCall``); the others are. Templated.
 
-    Constructing the notifier checks only the argument types (values may be templates);
-    numbers, names and the connection are checked when it fires.
+    Constructing the notifier checks the argument types, and the values that are not
+    templates (``agent_id``, ``status_url``, ``timeout``, the shape of ``do_not_call`` and
+    ``session_parameters``); numbers and the connection are checked when it fires, before
+    anyone is rung.
 
     :raises VonageStudioConfigError: (at construction) ``to`` is not a string or a list of
-        strings, or ``agent_id`` is not a string.
+        strings, ``agent_id`` is not a string or is empty or holds whitespace or control
+        characters, ``status_url`` is not a well-formed absolute http(s) URL with a host,
+        ``timeout`` is not a number of seconds in (0, 120], ``do_not_call`` is malformed.
+    :raises InvalidSessionParameter: (at construction) static ``session_parameters`` break
+        AI Studio's rules or the documented limits.
     """
 
-    template_fields: Sequence[str] = ("to", "agent_id", "session_parameters", "vonage_studio_conn_id")
+    template_fields: Sequence[str] = (
+        "to",
+        "agent_id",
+        "session_parameters",
+        "vonage_studio_conn_id",
+        "do_not_call",
+    )
 
     def __init__(
         self,
@@ -200,6 +216,7 @@ class VonageStudioCallNotifier(BaseNotifier):
         strict_parameter_names: bool = True,
         timeout: float | None = None,
         call_key: str | None = None,
+        do_not_call: str | Sequence[str] | None = (),
         **kwargs: Any,
     ) -> None:
         # kwargs carries ``context`` when Airflow builds the notifier for a deadline alert.
@@ -210,6 +227,22 @@ class VonageStudioCallNotifier(BaseNotifier):
             )
         if not isinstance(agent_id, str):
             raise VonageStudioConfigError(f"agent_id: expected a string, got {type(agent_id).__name__}")
+        from airflow_provider_vonage_studio.validation import (
+            check_call_arguments,
+            check_request_timeout,
+            check_status_url,
+        )
+
+        # status_url is not templated: it is checked as given.
+        if status_url is not None:
+            check_status_url(status_url)
+        self.do_not_call = check_call_arguments(
+            agent_id=agent_id,
+            session_parameters=session_parameters,
+            strict_parameter_names=strict_parameter_names,
+            do_not_call=do_not_call,
+            rendered=False,
+        )
         self.to = to
         self.agent_id = agent_id
         self.session_parameters = session_parameters
@@ -218,7 +251,7 @@ class VonageStudioCallNotifier(BaseNotifier):
         self.hangup_on_answer_machine = hangup_on_answer_machine
         self.default_country = default_country
         self.strict_parameter_names = strict_parameter_names
-        self.timeout = timeout
+        self.timeout = check_request_timeout(timeout)
         self.call_key = call_key
 
     # BaseNotifier renders the template fields in place, for good. One instance often serves
@@ -274,17 +307,22 @@ class VonageStudioCallNotifier(BaseNotifier):
         A number already rung for this event is not rung again: its earlier result is returned.
 
         :raises VonageStudioConfigError: the context names no DAG run, ``agent_id`` is empty,
-            a number or parameter is malformed, the connection is broken.
+            a number, a ``do_not_call`` entry or a parameter is malformed, the connection is
+            broken.
         :raises VonageStudioError: an API error (401, 404, 429 after retries, ...),
             :class:`~airflow_provider_vonage_studio.exceptions.DoNotCall`,
             :class:`~airflow_provider_vonage_studio.exceptions.CallOutcomeUnknown`.
         """
-        from airflow_provider_vonage_studio.destinations import redact
+        from airflow_provider_vonage_studio.destinations import parse_number_list, redact
 
         event = alert_event(context)
         numbers = [self.to] if isinstance(self.to, str) else list(self.to)
         if not numbers:
             raise VonageStudioConfigError("to: the list of numbers to call is empty")
+        # Normalised with default_country, as each number in `to` is; checked before anyone rings.
+        self._do_not_call = parse_number_list(
+            self.do_not_call, field="do_not_call", default_country=self.default_country
+        )
         hook = self.hook
         results: list[CallResult] = []
         errors: list[Exception] = []
@@ -328,9 +366,9 @@ class VonageStudioCallNotifier(BaseNotifier):
         if not isinstance(number, str):
             raise VonageStudioConfigError(f"to: expected a number or SIP URI, got {type(number).__name__}")
         destination = normalize_destination(number, default_country=self.default_country)
-        agent_id = self.agent_id.strip() if isinstance(self.agent_id, str) else self.agent_id
-        if not isinstance(agent_id, str) or not agent_id:
-            raise VonageStudioConfigError(f"agent_id must be a non-empty string, got {self.agent_id!r}")
+        from airflow_provider_vonage_studio.validation import check_agent_id
+
+        agent_id = check_agent_id(self.agent_id)
         call_ref = alert_call_ref(event, destination, agent_id, self.call_key)
         earlier = hook.store.get_call(call_ref)
         if earlier is not None and earlier.state.value == "placed":
@@ -367,6 +405,7 @@ class VonageStudioCallNotifier(BaseNotifier):
             task_id=event.task_id,
             map_index=event.map_index,
             recipient_key=f"notify:{event.name}",
+            extra_do_not_call=self._do_not_call,
         )
 
 

@@ -27,6 +27,7 @@ from airflow_provider_vonage_studio.outcome import (
     normalize_fail_on,
     normalize_interval,
 )
+from airflow_provider_vonage_studio.validation import check_call_arguments, check_request_timeout
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio._compat import Context
@@ -71,8 +72,13 @@ class MakeCallOperator(BaseOperator):
     :param call_key: extra key mixed into the ``call_ref``; change it to call the same person
         again on purpose within one task instance. Templated.
     :param redial_unknown: dial again when an earlier try's outcome is unknown (it may have rung).
-    :param do_not_call: extra numbers never to dial, on top of the store's do-not-call list.
-    :param timeout: read timeout of the API request in seconds (default: the connection's, 30).
+    :param do_not_call: extra numbers never to dial, on top of the store's do-not-call list: a
+        list of numbers / SIP URIs, or one string of them separated by commas or line breaks
+        (one number is one string). Read like ``to`` (``default_country`` applies); an entry
+        that is not a possible number or SIP URI fails the task before anything is sent.
+        Templated (a rendered JSON or Python list is read as a list).
+    :param timeout: read timeout of the API request in seconds (default: the connection's, 30;
+        at most 120).
     :param wait_for_status: after placing the call, wait for its final status like
         :class:`~airflow_provider_vonage_studio.sensors.vonage_studio.CallStatusSensor` (needs a
         ``status_url``: the connection's ``callback_base_url`` and ``callback_secret``, or your own).
@@ -97,7 +103,14 @@ class MakeCallOperator(BaseOperator):
     adds ``status`` (``"answered"`` or the reported failure).
     """
 
-    template_fields: Sequence[str] = ("to", "agent_id", "session_parameters", "status_url", "call_key")
+    template_fields: Sequence[str] = (
+        "to",
+        "agent_id",
+        "session_parameters",
+        "status_url",
+        "call_key",
+        "do_not_call",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"session_parameters": "json"}
     ui_color = "#c9b8f5"
 
@@ -114,7 +127,7 @@ class MakeCallOperator(BaseOperator):
         strict_parameter_names: bool = True,
         call_key: str | None = None,
         redial_unknown: bool = False,
-        do_not_call: Sequence[str] = (),
+        do_not_call: str | Sequence[str] | None = (),
         timeout: float | None = None,
         wait_for_status: bool = False,
         answer_window: timedelta | float = DEFAULT_ANSWER_WINDOW,
@@ -144,8 +157,16 @@ class MakeCallOperator(BaseOperator):
         self.strict_parameter_names = strict_parameter_names
         self.call_key = call_key
         self.redial_unknown = redial_unknown
-        self.do_not_call = tuple(do_not_call)
-        self.timeout = timeout
+        # Checked here so that a mistake fails when the DAG is parsed, not after dialing.
+        self.do_not_call = check_call_arguments(
+            agent_id=agent_id,
+            status_url=status_url,
+            session_parameters=session_parameters,
+            strict_parameter_names=strict_parameter_names,
+            do_not_call=do_not_call,
+            rendered=False,
+        )
+        self.timeout = check_request_timeout(timeout)
         from airflow_provider_vonage_studio.windows import parse_calling_window
 
         # Checked here so that a malformed window fails when the DAG is parsed, not at night.
@@ -176,6 +197,16 @@ class MakeCallOperator(BaseOperator):
         hook = self.hook
         call_ref = self.call_ref(context)
         try:
+            # The rendered values, before waiting for a window or touching the ledger.
+            do_not_call = check_call_arguments(
+                agent_id=self.agent_id,
+                status_url=self.status_url or None,
+                session_parameters=self.session_parameters,
+                strict_parameter_names=self.strict_parameter_names,
+                do_not_call=self.do_not_call,
+                default_country=self.default_country,
+                rendered=True,
+            )
             self.defer_outside_calling_window(hook, call_ref)
             status_url = self.status_url or hook.status_url_for(call_ref)
             if self.wait_for_status and not status_url:
@@ -195,7 +226,7 @@ class MakeCallOperator(BaseOperator):
                 default_country=self.default_country,
                 strict_parameter_names=self.strict_parameter_names,
                 redial_unknown=self.redial_unknown,
-                extra_do_not_call=self.do_not_call,
+                extra_do_not_call=do_not_call,
                 **ti_identity(context),
             )
         except VonageStudioError as exc:
@@ -346,6 +377,8 @@ class MakeCallsOperator(BaseOperator):
     :param redial_unknown: dial again calls whose earlier outcome is unknown (they may have rung).
     :param do_not_call: extra numbers never to dial, on top of the store's do-not-call list
         (``airflow vonage-studio dnc add``). Such recipients are ``skipped`` (``do-not-call``).
+        A list, or one string of numbers separated by commas or line breaks; an entry that is
+        not a possible number or SIP URI fails the task before anyone is dialed. Templated.
     :param calling_window: ``("09:00", "20:00")`` local hours in which a callee may be phoned, or
         ``True`` for 08:00-21:00. Recipients outside their window are deferred (a date-time
         trigger, no worker slot held) and dialed when it opens; the task never fails because it
@@ -354,7 +387,8 @@ class MakeCallsOperator(BaseOperator):
         number does not map to exactly one zone (default ``"UTC"``).
     :param fail_on_rejected: fail the task at the end when any recipient was rejected or has an
         unknown outcome (default). The results are then pushed under the XCom key ``results``.
-    :param timeout: read timeout of each API request in seconds (default: the connection's, 30).
+    :param timeout: read timeout of each API request in seconds (default: the connection's, 30;
+        at most 120).
     :param wait_for_status: after dialing, wait until every placed call has its final status
         (one trigger, or one polling loop, for the whole batch); results then carry ``status``.
         Needs the connection's ``callback_base_url`` and ``callback_secret``.
@@ -380,7 +414,13 @@ class MakeCallsOperator(BaseOperator):
         retries; the batch stops and a task retry resumes it.
     """
 
-    template_fields: Sequence[str] = ("recipients", "agent_id", "session_parameters", "call_key")
+    template_fields: Sequence[str] = (
+        "recipients",
+        "agent_id",
+        "session_parameters",
+        "call_key",
+        "do_not_call",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"recipients": "json", "session_parameters": "json"}
     ui_color = "#b8d8f5"
 
@@ -396,7 +436,7 @@ class MakeCallsOperator(BaseOperator):
         strict_parameter_names: bool = True,
         call_key: str | None = None,
         redial_unknown: bool = False,
-        do_not_call: Sequence[str] = (),
+        do_not_call: str | Sequence[str] | None = (),
         calling_window: Sequence[str] | bool | None = None,
         timezone: str = "UTC",
         fail_on_rejected: bool = True,
@@ -423,11 +463,18 @@ class MakeCallsOperator(BaseOperator):
         self.strict_parameter_names = strict_parameter_names
         self.call_key = call_key
         self.redial_unknown = redial_unknown
-        self.do_not_call = tuple(do_not_call)
+        # Checked here so that a mistake fails when the DAG is parsed, not after dialing.
+        self.do_not_call = check_call_arguments(
+            agent_id=agent_id,
+            session_parameters=session_parameters,
+            strict_parameter_names=strict_parameter_names,
+            do_not_call=do_not_call,
+            rendered=False,
+        )
         self.calling_window = calling_window
         self.timezone = timezone
         self.fail_on_rejected = bool(fail_on_rejected)
-        self.timeout = timeout
+        self.timeout = check_request_timeout(timeout)
         self.wait_for_status = bool(wait_for_status)
         self.answer_window = normalize_answer_window(answer_window)
         self.fail_on = normalize_fail_on(fail_on)
@@ -496,6 +543,15 @@ class MakeCallsOperator(BaseOperator):
 
         hook = self.hook
         try:
+            # The rendered values, before the ledger is read or anyone is dialed.
+            check_call_arguments(
+                agent_id=self.agent_id,
+                session_parameters=self.session_parameters,
+                strict_parameter_names=self.strict_parameter_names,
+                do_not_call=self.do_not_call,
+                default_country=self.default_country,
+                rendered=True,
+            )
             if self.wait_for_status and not (hook.config.callback_base_url and hook.config.callback_secret):
                 raise VonageStudioConfigError(
                     "wait_for_status=True needs a status_url for every call: set extra 'callback_base_url' "
@@ -675,7 +731,8 @@ class ExportSessionsOperator(BaseOperator):
     :param lookback: for runs without a usable data interval (a manual run has none, or an
         empty one): export ``[anchor - lookback, anchor)``, where the anchor is the run's
         ``data_interval_end``, logical date or ``run_after`` (stable across re-runs of that
-        run). ``None`` fails such runs instead, asking for ``from_date``/``to_date``.
+        run). ``None`` fails such runs instead, asking for ``from_date``/``to_date``. A
+        timedelta or seconds, more than 0 and at most 366 days.
     :param filter_by: Elasticsearch-style bool query (``{"bool": {"must": [...]}}``) or its JSON.
         Templated.
     :param sort_by: ``"attribute:asc|desc"`` items. Default ``session_start_time:asc``: a stable
@@ -725,9 +782,12 @@ class ExportSessionsOperator(BaseOperator):
         # Checked here so a typo fails at DAG parse time.
         if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
             raise VonageStudioConfigError(f"page_size: expected an integer 1..1000, got {page_size!r}")
-        if lookback is not None and (not isinstance(lookback, timedelta) or lookback <= timedelta(0)):
-            raise VonageStudioConfigError(
-                f"lookback: expected a positive timedelta or None, got {lookback!r}"
+        if lookback is not None:
+            from airflow_provider_vonage_studio.validation import check_duration
+
+            # A year at most: a larger value is a unit mistake, and would search years of sessions.
+            lookback = check_duration(
+                lookback, field="lookback", exclusive_minimum=True, maximum=timedelta(days=366)
             )
         if (from_date is None) != (to_date is None):
             raise VonageStudioConfigError("from_date and to_date: give both, or neither (the data interval)")

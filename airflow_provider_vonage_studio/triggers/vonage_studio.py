@@ -251,7 +251,7 @@ class CallStatusTrigger(BaseTrigger):
         self.fail_on = normalize_fail_on(fail_on)
         self.poll_interval = normalize_interval(poll_interval)
         self.store_url = store_url
-        self.pending_timeout = normalize_answer_window(pending_timeout)
+        self.pending_timeout = normalize_answer_window(pending_timeout, "pending_timeout")
         self._waiter: _Waiter | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:

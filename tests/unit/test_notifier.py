@@ -183,7 +183,9 @@ def test_concurrent_invocations_of_one_failure_dial_once(env, emulator, dag):
 def test_status_url_defaults_to_the_connections_receiver(env, emulator, dag, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT",
-        emulator.connection_json(callback_base_url="http://127.0.0.1:9/hooks", callback_secret="s3cret-cb"),
+        emulator.connection_json(
+            callback_base_url="http://127.0.0.1:9/hooks", callback_secret="s3cret-cb-0123456789"
+        ),
     )
     VonageStudioCallNotifier(to=ON_CALL, agent_id="agent-1")(_task_context(dag))
     (call,) = emulator.calls
