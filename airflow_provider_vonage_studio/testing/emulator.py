@@ -149,11 +149,15 @@ class InsightsShape(str, Enum):
     ``{"parameters": [{"name", "value"}, ...]}``. ``LIST``: search a bare list of sessions,
     parameters a bare list of ``{"name", "value"}``. ``ITEMS``: search
     ``{"items": [...], "count": total}``, parameters a bare mapping ``{"NAME": "value"}``.
+    ``METADATA``: search as ``DEFAULT``, parameters with the session's metadata beside them
+    ``{"session_id", "agent_id", "session_start_time", "parameters": [{"name", "value"}, ...]}``.
+    Any shape can be wrapped further with the emulator's ``insights_wrapper``.
     """
 
     DEFAULT = "default"
     LIST = "list"
     ITEMS = "items"
+    METADATA = "metadata"
 
 
 @dataclass(frozen=True)
@@ -549,8 +553,10 @@ class Emulator:
     to send in ``Retry-After`` on rate-limit 429s (``None``: no header, like the real API
     as far as is documented). ``callback_delay``: seconds between a non-answered call and
     its status callback. ``insights_index_delay``: seconds before a call's session is
-    visible to Insights. ``insights_shape``: an :class:`InsightsShape`. ``scripts``:
-    destination -> outcome to start with.
+    visible to Insights. ``insights_shape``: an :class:`InsightsShape`. ``insights_wrapper``:
+    key(s) that wrap every successful Insights body, outermost first (``"data"`` answers
+    ``{"data": <body>}``, ``("data", "result")`` answers ``{"data": {"result": <body>}}``;
+    ``None``, the default, wraps nothing). ``scripts``: destination -> outcome to start with.
 
     Rate limit: a call is refused with 429 when ``calls_per_second`` calls were already
     accepted for the same agent within the trailing ``1.0 - rate_tolerance`` seconds. The
@@ -576,6 +582,7 @@ class Emulator:
         insights_index_delay: float = 0.5,
         insights_shape: InsightsShape | str = InsightsShape.DEFAULT,
         scripts: Mapping[str, Outcome | str] | None = None,
+        insights_wrapper: str | Sequence[str] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -597,6 +604,7 @@ class Emulator:
         self.callback_delay = _check_non_negative(callback_delay, "callback_delay")
         self.insights_index_delay = _check_non_negative(insights_index_delay, "insights_index_delay")
         self._insights_shape = self._shape(insights_shape)
+        self._insights_wrapper = self._wrapper(insights_wrapper)
 
         self._requests: list[RecordedRequest] = []
         self._calls: list[PlacedCall] = []
@@ -637,6 +645,32 @@ class Emulator:
         except ValueError:
             choices = ", ".join(s.value for s in InsightsShape)
             raise EmulatorConfigError(f"insights_shape must be one of {choices}, got {value!r}") from None
+
+    @property
+    def insights_wrapper(self) -> tuple[str, ...]:
+        """Keys wrapping successful Insights bodies, outermost first (``()``: none); may be
+        changed while serving (accepts one key, a sequence of keys or ``None``)."""
+        return self._insights_wrapper
+
+    @insights_wrapper.setter
+    def insights_wrapper(self, value: str | Sequence[str] | None) -> None:
+        self._insights_wrapper = self._wrapper(value)
+
+    @staticmethod
+    def _wrapper(value: str | Sequence[str] | None) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        keys = (value,) if isinstance(value, str) else value
+        if not isinstance(keys, Sequence) or not all(isinstance(k, str) and k for k in keys):
+            raise EmulatorConfigError(
+                f"insights_wrapper must be a non-empty key, a sequence of them or None, got {value!r}"
+            )
+        return tuple(keys)
+
+    def _wrap(self, body: Any) -> Any:
+        for key in reversed(self._insights_wrapper):
+            body = {key: body}
+        return body
 
     def add_agent(self, agent_id: str, config: AgentConfig | None = None) -> None:
         """Make ``agent_id`` known (or change its config). Raises EmulatorConfigError."""
@@ -1435,11 +1469,22 @@ def _build_app(emulator: Emulator) -> FastAPI:
         except _ApiError as exc:
             return error(exc.status, exc.message, exc.headers)
         shape = emulator.insights_shape
+        body: Any
         if shape is InsightsShape.LIST:
-            return JSONResponse(params)
-        if shape is InsightsShape.ITEMS:
-            return JSONResponse({p["name"]: p["value"] for p in params})
-        return JSONResponse({"parameters": params})
+            body = params
+        elif shape is InsightsShape.ITEMS:
+            body = {p["name"]: p["value"] for p in params}
+        elif shape is InsightsShape.METADATA:
+            session = next((s for s in emulator.sessions if s["id"] == request.path_params["session_id"]), {})
+            body = {
+                "session_id": session.get("id"),
+                "agent_id": session.get("agent_id"),
+                "session_start_time": session.get("session_start_time"),
+                "parameters": params,
+            }
+        else:
+            body = {"parameters": params}
+        return JSONResponse(emulator._wrap(body))
 
     @route("/insights/sessions", "GET")
     async def search_sessions(request: Request) -> Response:
@@ -1451,13 +1496,14 @@ def _build_app(emulator: Emulator) -> FastAPI:
         except _ApiError as exc:
             return error(exc.status, exc.message, exc.headers)
         shape = emulator.insights_shape
+        body: Any
         if shape is InsightsShape.LIST:
-            return JSONResponse(page)
-        if shape is InsightsShape.ITEMS:
-            return JSONResponse({"items": page, "count": total})
-        return JSONResponse(
-            {"total": total, "page_number": page_number, "page_size": page_size, "sessions": page}
-        )
+            body = page
+        elif shape is InsightsShape.ITEMS:
+            body = {"items": page, "count": total}
+        else:
+            body = {"total": total, "page_number": page_number, "page_size": page_size, "sessions": page}
+        return JSONResponse(emulator._wrap(body))
 
     @route(f"{CONTROL_PREFIX}/health", "GET")
     async def health(request: Request) -> Response:
@@ -1573,6 +1619,12 @@ def _argument_parser() -> argparse.ArgumentParser:
         default=InsightsShape.DEFAULT.value,
         help="shape of Insights responses",
     )
+    parser.add_argument(
+        "--insights-wrapper",
+        default=None,
+        metavar="KEY[,KEY...]",
+        help="wrap successful Insights bodies in these keys, outermost first (e.g. data,result)",
+    )
     return parser
 
 
@@ -1590,6 +1642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             callback_delay=args.callback_delay,
             insights_index_delay=args.index_delay,
             insights_shape=args.insights_shape,
+            insights_wrapper=args.insights_wrapper.split(",") if args.insights_wrapper else None,
         )
         for to, outcome in args.script:
             emulator.script(to, outcome)

@@ -246,3 +246,59 @@ def test_bad_arguments(connection, tmp_path):
     with pytest.raises(AirflowFailException, match="filter_by"):
         bad_filter.execute(CONTEXT)
     assert list(Path(tmp_path).iterdir()) == []
+
+
+# --------------------------------------------------------------------------- what Airflow hands the task
+
+
+def test_pendulum_data_interval_exports_the_same_window(connection, tmp_path):
+    """Airflow gives tasks pendulum datetimes: a scheduled run's default window used to raise
+    "can't compare offset-naive and offset-aware datetimes"."""
+    import pendulum
+
+    reference = _export(str(tmp_path / "stdlib.jsonl"))
+    paris = pendulum.instance(START).in_timezone("Europe/Paris")
+    context = {"data_interval_start": paris, "data_interval_end": paris.add(days=1)}
+    operator = ExportSessionsOperator(task_id="export", destination=str(tmp_path / "pendulum.jsonl"))
+    result = operator.execute(context)
+    assert result["rows"] == reference["rows"] == COUNT + 1
+    assert (result["from_date"], result["to_date"]) == (START.isoformat(), END.isoformat())
+    assert (tmp_path / "pendulum.jsonl").read_bytes() == (tmp_path / "stdlib.jsonl").read_bytes()
+
+
+def test_lookback_anchored_on_pendulum_run_after(connection, tmp_path):
+    """A manual run in Airflow 3: empty interval, maybe no logical date; the anchor is run_after."""
+    from types import SimpleNamespace
+
+    import pendulum
+
+    anchor = pendulum.instance(END).in_timezone("America/New_York")
+    for context in (
+        {"data_interval_start": anchor, "data_interval_end": anchor},
+        {"logical_date": None, "dag_run": SimpleNamespace(run_after=anchor)},
+    ):
+        operator = ExportSessionsOperator(
+            task_id="export", destination=str(tmp_path / "x.jsonl"), lookback=pendulum.duration(hours=3)
+        )
+        result = operator.execute(context)
+        assert result["from_date"] == (END - timedelta(hours=3)).isoformat()
+        assert result["to_date"] == END.isoformat()
+        assert result["rows"] == sum(1 for i in range(COUNT) if 80 * i + 1 >= 21 * 3600) == 55
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "context", "match"),
+    [
+        pytest.param({"from_date": True, "to_date": "2026-03-02"}, {}, "from_date must be", id="bool-bound"),
+        pytest.param({"from_date": "2026-03-01", "to_date": 1772409600}, {}, "to_date must be", id="epoch"),
+        pytest.param({"from_date": "yesterday", "to_date": "today"}, {}, "from_date 'yesterday'", id="words"),
+        pytest.param(
+            {}, {"data_interval_start": "soon", "data_interval_end": END}, "data_interval_start", id="ctx"
+        ),
+    ],
+)
+def test_bad_bounds_fail_the_task_naming_the_field(connection, tmp_path, kwargs, context, match):
+    operator = ExportSessionsOperator(task_id="export", destination=str(tmp_path / "x.jsonl"), **kwargs)
+    with pytest.raises(AirflowFailException, match=match):
+        operator.execute(context)
+    assert list(tmp_path.iterdir()) == []

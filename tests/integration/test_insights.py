@@ -9,16 +9,18 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 
 from airflow_provider_vonage_studio._compat import AirflowException, AirflowFailException
 from airflow_provider_vonage_studio.exceptions import (
     SessionNotFound,
     VonageStudioAuthError,
     VonageStudioConfigError,
+    VonageStudioError,
 )
 from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
 from airflow_provider_vonage_studio.sensors.vonage_studio import CallResultSensor
-from airflow_provider_vonage_studio.testing.emulator import Emulator
+from airflow_provider_vonage_studio.testing.emulator import Emulator, EmulatorConfigError
 from airflow_provider_vonage_studio.triggers.vonage_studio import CallResultTrigger
 
 KEY = "insights-key-3c2b1a"
@@ -36,6 +38,7 @@ def shared_emulator():
 def emulator(shared_emulator, monkeypatch):
     shared_emulator.reset()
     shared_emulator.insights_shape = "default"
+    shared_emulator.insights_wrapper = None
     shared_emulator.insights_index_delay = 0
     monkeypatch.setenv(
         "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT", shared_emulator.connection_json(timeout=5, calls_per_second=5)
@@ -78,6 +81,67 @@ def test_every_emulator_shape_parses(emulator, shape):
     }
     found = list(hook.search_sessions(T0 - timedelta(hours=1), T0 + timedelta(hours=1)))
     assert found == [session]
+
+
+@pytest.mark.parametrize(
+    ("shape", "wrapper"),
+    [
+        pytest.param("metadata", None, id="parameters-beside-metadata"),
+        pytest.param("default", "data", id="data-wrapper"),
+        pytest.param("metadata", "result", id="metadata-in-result"),
+        pytest.param("items", ("data", "result"), id="two-wrappers"),
+        pytest.param("list", "data", id="bare-lists-in-data"),
+        pytest.param("metadata", ("a", "b", "c"), id="three-wrappers"),
+    ],
+)
+def test_wrapped_and_metadata_bodies_parse_over_http(emulator, shape, wrapper):
+    emulator.insights_shape = shape
+    emulator.insights_wrapper = wrapper
+    added = [
+        emulator.add_session(session_start_time=T0 + timedelta(minutes=i), parameters={"CONFIRMED": str(i)})
+        for i in range(5)
+    ]
+    hook = _hook()
+    assert hook.get_session_parameters(added[3]["id"], added[3]["session_start_time"]) == {"CONFIRMED": "3"}
+    # Pages of 2 over 5 sessions: the wrapped total (where the shape has one) drives paging.
+    found = list(
+        hook.search_sessions(T0, T0 + timedelta(hours=1), page_size=2, sort_by="session_start_time:asc")
+    )
+    assert found == added
+    assert len(_insights_requests(emulator)) == 3
+    # What went over the wire really was wrapped.
+    raw = requests.get(
+        f"{emulator.url}/insights/sessions/{added[0]['id']}/parameters",
+        params={"session_start_time": "2026-03-01"},
+        headers={"X-Vgai-Key": KEY},
+        timeout=5,
+    ).json()
+    for key in emulator.insights_wrapper:
+        assert list(raw) == [key]
+        raw = raw[key]
+    if shape == "metadata":
+        assert raw["session_id"] == added[0]["id"] and raw["parameters"] == [
+            {"name": "CONFIRMED", "value": "0"}
+        ]
+
+
+def test_bodies_wrapped_too_deep_are_refused_over_http_by_keys_only(emulator):
+    emulator.insights_wrapper = ("a", "b", "c", "d")
+    session = emulator.add_session(session_start_time=T0, destination=TO, parameters={"NAME": "Diane Miller"})
+    hook = _hook()
+    with pytest.raises(VonageStudioError, match="unexpected shape of session parameters") as info:
+        hook.get_session_parameters(session["id"], T0)
+    assert "inside a.b.c: object with keys d: dict" in str(info.value)
+    assert "Diane" not in str(info.value)
+    with pytest.raises(VonageStudioError, match="unexpected shape of session search results") as info:
+        list(hook.search_sessions(T0 - timedelta(hours=1), T0 + timedelta(hours=1)))
+    assert TO not in str(info.value) and "Diane" not in str(info.value)
+
+
+@pytest.mark.parametrize("wrapper", ["", ["data", ""], [1], {"data": 1}, 7])
+def test_emulator_refuses_a_malformed_wrapper(wrapper):
+    with pytest.raises(EmulatorConfigError, match="insights_wrapper"):
+        Emulator(insights_wrapper=wrapper)
 
 
 def test_placed_call_is_404_until_indexed_then_readable(emulator):
