@@ -1,16 +1,49 @@
 # Two commands matter: `make demo` and `make test`. Both create .venv when it is missing.
+#
+# `make test` is lint + typecheck + the whole suite on the newest supported Airflow. On a
+# fresh Debian machine it also installs what the suite needs: Debian's chromium and
+# chromium-driver for the outcome view's browser test (as root; otherwise it stops with the
+# command to run), and its PostgreSQL cases use the machine's server at 127.0.0.1:5432 when
+# one answers (VONAGE_STUDIO_TEST_POSTGRES_URL points them elsewhere).
+#
+# `make test-matrix` runs `make test`, then the suite on every older supported Airflow minor,
+# each in a venv of its own (.venv-airflow-3.1, ...). CI runs exactly that (.ci/run).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PIP_INSTALL := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: venv demo test lint format typecheck pytest bench clean
+# Each venv installs with its Airflow minor's constraints file (the `pip freeze` of a venv
+# that passed the suite, as Airflow publishes its own): reproducible, and pip has nothing to
+# resolve. pyproject.toml keeps only lower bounds. Regenerate with `make constraints`.
+NEWEST_AIRFLOW := 3.3
+CONSTRAINTS = .ci/constraints-airflow-$(1).txt
+# Older minors: the whole suite runs on these ...
+MATRIX_FULL ?= 3.1
+# ... and the DAG tests (tests/dags: real `airflow dags test` runs) on these.
+MATRIX_DAGS ?= 3.2
+
+CHROMIUM ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+APT_GET ?= apt-get
+
+.PHONY: venv demo test test-matrix lint format typecheck pytest browser bench constraints clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) $(PIP_INSTALL) --upgrade pip
+	$(PY) $(PIP_INSTALL) -e '.[dev]' --constraint $(call CONSTRAINTS,$(NEWEST_AIRFLOW))
 	touch $(STAMP)
+
+# An older Airflow minor, e.g. .venv-airflow-3.1/.installed from .ci/constraints-airflow-3.1.txt
+# (precious: make would otherwise delete the stamp as an intermediate file).
+.PRECIOUS: .venv-airflow-%/.installed
+.venv-airflow-%/.installed: pyproject.toml .ci/constraints-airflow-%.txt
+	$(PYTHON) -m venv .venv-airflow-$*
+	.venv-airflow-$*/bin/python $(PIP_INSTALL) --upgrade pip
+	.venv-airflow-$*/bin/python $(PIP_INSTALL) -e '.[dev]' --constraint .ci/constraints-airflow-$*.txt
+	touch $@
 
 venv: $(STAMP)
 
@@ -31,7 +64,49 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: browser lint typecheck pytest
+
+# Not .PHONY: pattern rules are how make builds the venv each one needs.
+test-airflow-%: .venv-airflow-%/.installed browser
+	@echo "== the whole suite on Airflow $$(.venv-airflow-$*/bin/python -c 'import airflow; print(airflow.__version__)')"
+	.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-dags-airflow-%: .venv-airflow-%/.installed
+	@echo "== the DAG tests on Airflow $$(.venv-airflow-$*/bin/python -c 'import airflow; print(airflow.__version__)')"
+	.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider tests/dags $(PYTEST_ARGS)
+
+test-matrix: test $(addprefix test-airflow-,$(MATRIX_FULL)) $(addprefix test-dags-airflow-,$(MATRIX_DAGS))
+
+# The browser test drives Debian's headless Chromium through ChromeDriver. Missing and root:
+# install both; missing otherwise: fail (a skipped browser test would hide a broken view).
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make test needs $(CHROMIUM) and $(CHROMEDRIVER) for the browser test: run 'sudo apt-get install -y chromium chromium-driver' and try again" >&2; \
+	  exit 1; \
+	fi; \
+	echo "Installing Debian's chromium and chromium-driver for the outcome view's browser test"; \
+	if ! { $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq chromium chromium-driver >/dev/null; } \
+	   || [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	  echo "make test needs $(CHROMIUM) and $(CHROMEDRIVER) for the browser test, and 'apt-get install -y chromium chromium-driver' did not provide them (see apt-get's output above)" >&2; \
+	  exit 1; \
+	fi
+
+# Re-resolve every supported minor's newest patch in a scratch venv and freeze it (run after a
+# release of Airflow or a dependency change; then run `make test-matrix`).
+constraints:
+	@for minor in $(NEWEST_AIRFLOW) $(MATRIX_FULL) $(MATRIX_DAGS); do \
+	  scratch=$$(mktemp -d) && \
+	  $(PYTHON) -m venv $$scratch && \
+	  $$scratch/bin/python $(PIP_INSTALL) --upgrade pip && \
+	  $$scratch/bin/python $(PIP_INSTALL) -e '.[dev]' "apache-airflow==$$minor.*" && \
+	  { echo "# pip freeze of a venv with airflow-provider-vonage-studio[dev] and the newest apache-airflow $$minor.x;"; \
+	    echo "# regenerate with make constraints"; \
+	    $$scratch/bin/python -m pip freeze --exclude-editable --disable-pip-version-check; } \
+	    > $(call CONSTRAINTS,$$minor) && \
+	  rm -rf $$scratch && echo "$(call CONSTRAINTS,$$minor): $$(grep '^apache-airflow==' $(call CONSTRAINTS,$$minor))" \
+	  || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) benchmarks/import_cost.py
@@ -40,4 +115,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/trigger_poll.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-airflow-* .mypy_cache .ruff_cache .pytest_cache

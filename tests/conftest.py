@@ -17,7 +17,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.pop("AIRFLOW__VONAGE_STUDIO__STORE_URL", None)
 
-pytest_plugins = ["tests.store_fixtures"]
+# pytester: tests of the test setup itself (tests/unit/test_test_setup.py) run pytest in pytest.
+pytest_plugins = ["tests.store_fixtures", "pytester"]
 
 TEST_KEY = "test-key-Cuub4r22PXb0zYzJ2dt82KUZ"
 TEST_SECRET = "callback-secret-5b1d8e0c9f"

@@ -3,10 +3,12 @@
 Load them from a conftest with ``pytest_plugins = ["tests.store_fixtures"]``.
 
 * ``store_url`` is parametrised: ``sqlite`` (a file in ``tmp_path``) always, and
-  ``postgres`` when ``VONAGE_STUDIO_TEST_POSTGRES_URL`` is set (otherwise that case is
-  skipped, saying why). Each PostgreSQL test gets a schema of its own (``search_path`` is
-  set through the URL), dropped afterwards, so tests never see each other's rows, even
-  when several runs share the server.
+  ``postgres`` on the server :func:`postgres_base_url` finds: ``VONAGE_STUDIO_TEST_POSTGRES_URL``
+  when set, else the machine's PostgreSQL at ``127.0.0.1:5432`` (db ``test``, user
+  ``postgres``) when it answers. When neither, the PostgreSQL cases skip and the run ends
+  with one line saying how to enable them. Each PostgreSQL test gets a schema of its own
+  (``search_path`` is set through the URL), dropped afterwards, so tests never see each
+  other's rows, even when several runs share the server.
 * ``store`` is a :class:`CallStore` on ``store_url``, disposed after the test.
 
 ``reserve_slots_in_processes`` runs ``reserve_slot`` from several spawned processes at once;
@@ -16,6 +18,7 @@ they run.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import queue
@@ -31,6 +34,57 @@ import sqlalchemy as sa
 from airflow_provider_vonage_studio.store import CallStore
 
 POSTGRES_URL_ENV = "VONAGE_STUDIO_TEST_POSTGRES_URL"
+#: Tried when ``VONAGE_STUDIO_TEST_POSTGRES_URL`` is not set: the machine's own server.
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_SKIP_REASON = "no PostgreSQL answers (see the summary line at the end of the run)"
+
+_postgres_skips = 0
+
+
+@functools.cache
+def postgres_base_url() -> str | None:
+    """The PostgreSQL server the ``postgres`` cases use, or ``None`` when there is none.
+
+    ``VONAGE_STUDIO_TEST_POSTGRES_URL`` wins and is not probed: whoever set it asked for
+    PostgreSQL, so a server that does not answer makes those tests fail, not skip. Otherwise
+    :data:`DEFAULT_POSTGRES_URL` is tried once per run (3 s connect timeout).
+    """
+    explicit = os.environ.get(POSTGRES_URL_ENV, "").strip()
+    if explicit:
+        return explicit
+    engine = sa.create_engine(
+        DEFAULT_POSTGRES_URL, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3}
+    )
+    try:
+        with engine.connect():
+            pass
+    except Exception:  # no server, no such database, no driver: all mean "not here"
+        return None
+    finally:
+        engine.dispose()
+    return DEFAULT_POSTGRES_URL
+
+
+def require_postgres() -> str:
+    """The PostgreSQL base URL for a ``postgres`` test case; skips the test when there is none."""
+    global _postgres_skips
+    base = postgres_base_url()
+    if base is None:
+        _postgres_skips += 1
+        pytest.skip(POSTGRES_SKIP_REASON)
+    return base
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line, not one per test, when the PostgreSQL cases could not run."""
+    if _postgres_skips:
+        terminalreporter.write_line(
+            f"{_postgres_skips} PostgreSQL test case(s) skipped: nothing answered at "
+            f"{sa.engine.make_url(DEFAULT_POSTGRES_URL).render_as_string()}. Start PostgreSQL there "
+            f"(trust auth, database 'test') or set {POSTGRES_URL_ENV}=postgresql+psycopg://USER@HOST:PORT/DB.",
+            yellow=True,
+            bold=True,
+        )
 
 
 @contextmanager
@@ -54,16 +108,13 @@ def postgres_schema_url(base_url: str) -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """URL of an empty call store; the ``postgres`` case needs ``VONAGE_STUDIO_TEST_POSTGRES_URL``."""
+    """URL of an empty call store; the ``postgres`` case needs a server (:func:`require_postgres`)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'vonage_studio.db'}"
         yield url
         CallStore._clear_default_cache(url)
         return
-    base = os.environ.get(POSTGRES_URL_ENV)
-    if not base:
-        pytest.skip(f"PostgreSQL store tests run only when {POSTGRES_URL_ENV} is set")
-    with postgres_schema_url(base) as url:
+    with postgres_schema_url(require_postgres()) as url:
         yield url
         # CallStore.default() may have pooled connections into the schema about to go.
         CallStore._clear_default_cache(url)

@@ -24,7 +24,7 @@ from airflow_provider_vonage_studio.operators.vonage_studio import MakeCallsOper
 from airflow_provider_vonage_studio.store import CallStore
 from airflow_provider_vonage_studio.testing.emulator import MAKE_CALL_PATH, Emulator
 from tests.integration.dial_workers import FakeTI
-from tests.store_fixtures import POSTGRES_URL_ENV, postgres_schema_url
+from tests.store_fixtures import postgres_schema_url, require_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "pacing-key-3e2d1c0b"
@@ -38,10 +38,7 @@ def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return
-    base = os.environ.get(POSTGRES_URL_ENV)
-    if not base:
-        pytest.skip(f"the PostgreSQL case runs only when {POSTGRES_URL_ENV} is set")
-    with postgres_schema_url(base) as url:
+    with postgres_schema_url(require_postgres()) as url:
         yield url
 
 
