@@ -16,10 +16,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
+from airflow_provider_vonage_studio.callbacks.app import create_app
+from airflow_provider_vonage_studio.callbacks.tokens import sign_token
 from airflow_provider_vonage_studio.store import CallStore, calls_table
 from airflow_provider_vonage_studio.testing.dagrun import airflow_env, dags_test, migrate, window_open_now
 from airflow_provider_vonage_studio.testing.emulator import Emulator
+from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.airflow_dags
 
@@ -28,6 +32,7 @@ DAG_ID = "retry_unanswered"
 KEY = "retry-unanswered-key-8b6a4c2e0f"
 
 BUSY = "447700900111"  # Europe/London
+REFUSED = "447700900122"
 TIMEOUT = "12125550122"  # America/New_York
 
 
@@ -66,8 +71,25 @@ def _seed(store: CallStore) -> None:
     call("vs-own-retry", "447700900199", "busy", dag_id=DAG_ID)  # one call back, not one a day
     call("vs-old", "447700900166", "busy")  # two days ago: an earlier run's business
     # AI Studio refused the call (no session, no status).
-    store.begin_call("vs-refused", agent_id="agent-1", destination="447700900122", dag_id="reminder_calls")
+    store.begin_call("vs-refused", agent_id="agent-1", destination=REFUSED, dag_id="reminder_calls")
     store.mark_rejected("vs-refused", 400, "Bad destination number format")
+    # Someone holding that call's token posts "busy" for it: the receiver refuses (the call was
+    # never placed), so this DAG is not tricked into dialing a number AI Studio never called.
+    receiver = create_app(store=store, secret_provider=lambda: [TEST_SECRET], outcome_view="off")
+    with TestClient(receiver) as client:
+        forged_busy = client.post(
+            f"/calls/{sign_token('vs-refused', TEST_SECRET)}/status",
+            json={
+                "agent_id": "agent-1",
+                "to": REFUSED,
+                "conversation_uuid": "CON-forged",
+                "status": "busy",
+                "timestamp": start.isoformat(),
+            },
+        )
+    assert forged_busy.status_code == 409, forged_busy.text
+    refused = store.get_call("vs-refused")
+    assert refused is not None and refused.status is None
 
     engine = sa.create_engine(store.url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:  # the store rightly has no method to rewrite history
