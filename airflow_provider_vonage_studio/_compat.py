@@ -1,11 +1,28 @@
-"""The one place that knows where Airflow keeps things across 3.1 .. 3.3.
+"""The one place that knows where Airflow keeps things across 3.1 .. 3.3 (version_compat).
 
 Everything goes through ``airflow.providers.common.compat.sdk`` as the official
-providers do; only triggers still come from ``airflow.triggers.base``.
+providers do; only triggers still come from ``airflow.triggers.base``. Every check of the
+running Airflow's version lives here too (``AIRFLOW_V_3_2_PLUS`` ..., as the official
+providers' ``version_compat`` modules have it), so that supporting a new minor or dropping
+an old one is one module's change.
+
+What differs per minor, and what the provider does about it:
+
+* ``airflow <provider> ...`` CLI commands from the provider info's ``cli`` entry exist from
+  Airflow 3.2 (:data:`PROVIDER_CLI_SUPPORTED`); the ``vonage-studio`` console script runs
+  the same commands on every version.
+* ``AirflowRescheduleException`` lives in ``airflow.sdk.exceptions`` from 3.2, in
+  ``airflow.exceptions`` before.
+* The trigger that runs a ``DeadlineAlert``'s async callback is ``CallbackTrigger``
+  (``airflow.triggers.callback``) from 3.2, ``DeadlineCallbackTrigger``
+  (``airflow.triggers.deadline``) in 3.1.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from airflow import __version__ as AIRFLOW_VERSION_STRING
 from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
@@ -17,15 +34,45 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+if TYPE_CHECKING:
+    from airflow.triggers.base import BaseTrigger
+
+
+def _base_version(version: str) -> tuple[int, int, int]:
+    """``(major, minor, micro)`` of a version string, ignoring pre/dev/local parts (3.2.0rc1 is 3.2)."""
+    from packaging.version import Version
+
+    release = (*Version(version).release, 0, 0)
+    return release[0], release[1], release[2]
+
+
+#: The running Airflow's (major, minor, micro).
+AIRFLOW_VERSION: tuple[int, int, int] = _base_version(AIRFLOW_VERSION_STRING)
+AIRFLOW_V_3_2_PLUS = AIRFLOW_VERSION >= (3, 2, 0)
+AIRFLOW_V_3_3_PLUS = AIRFLOW_VERSION >= (3, 3, 0)
+#: Whether ``airflow vonage-studio ...`` exists (Airflow reads the provider info's ``cli`` from 3.2).
+PROVIDER_CLI_SUPPORTED = AIRFLOW_V_3_2_PLUS
+
+if AIRFLOW_V_3_2_PLUS:
+    from airflow.sdk.exceptions import AirflowRescheduleException  # type: ignore[attr-defined,unused-ignore]
+else:
+    from airflow.exceptions import AirflowRescheduleException  # type: ignore[no-redef,attr-defined,unused-ignore]
+
 __all__ = [
+    "AIRFLOW_VERSION",
+    "AIRFLOW_V_3_2_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
+    "PROVIDER_CLI_SUPPORTED",
     "AirflowException",
     "AirflowFailException",
+    "AirflowRescheduleException",
     "BaseHook",
     "BaseNotifier",
     "BaseOperator",
     "BaseSensorOperator",
     "Context",
     "conf",
+    "deadline_callback_trigger",
     "default_deferrable",
 ]
 
@@ -33,3 +80,18 @@ __all__ = [
 def default_deferrable() -> bool:
     """``[operators] default_deferrable``, read when an operator is built."""
     return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def deadline_callback_trigger() -> type[BaseTrigger]:
+    """The trigger class the triggerer runs a ``DeadlineAlert``'s ``AsyncCallback`` in.
+
+    ``CallbackTrigger`` from Airflow 3.2, ``DeadlineCallbackTrigger`` in 3.1; both take
+    ``callback_path`` and ``callback_kwargs``.
+    """
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.triggers.callback import CallbackTrigger
+
+        return CallbackTrigger
+    from airflow.triggers.deadline import DeadlineCallbackTrigger  # type: ignore[import-not-found,unused-ignore]
+
+    return DeadlineCallbackTrigger

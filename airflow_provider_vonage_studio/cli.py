@@ -1,11 +1,17 @@
-"""``airflow vonage-studio ...``: the provider's CLI commands (declared under ``cli`` in the provider info).
+"""The provider's commands: the ``vonage-studio`` console script, and ``airflow vonage-studio``.
 
 ::
 
-    airflow vonage-studio callbacks serve [--host 127.0.0.1] [--port 8766] [--conn-id ID] [--outcome-view]
-    airflow vonage-studio dnc add NUMBER [--reason TEXT] [--default-country GB]
-    airflow vonage-studio dnc remove NUMBER [--default-country GB]
-    airflow vonage-studio dnc list [--show-numbers] [--output table|json]
+    vonage-studio callbacks serve [--host 127.0.0.1] [--port 8766] [--conn-id ID] [--outcome-view]
+    vonage-studio dnc add NUMBER [--reason TEXT] [--default-country GB]
+    vonage-studio dnc remove NUMBER [--default-country GB]
+    vonage-studio dnc list [--show-numbers] [--output table|json]
+
+The ``vonage-studio`` console script (:func:`main`) works on every supported Airflow. On
+Airflow 3.2 and later the same commands also appear as ``airflow vonage-studio ...``
+(declared under ``cli`` in the provider info, read by :func:`get_cli_commands`); Airflow 3.1
+has no provider CLI commands, so there only the console script exists. Both are built from
+one table (``_commands()``) and run the same functions.
 
 ``callbacks serve`` runs the callback receiver on its own under uvicorn, for deployments
 that do not expose the Airflow API server to AI Studio (put it behind a TLS reverse proxy
@@ -26,103 +32,179 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from airflow.cli.cli_config import GroupCommand
 
-__all__ = ["callbacks_serve", "dnc_add", "dnc_list", "dnc_remove", "get_cli_commands"]
+__all__ = ["build_parser", "callbacks_serve", "dnc_add", "dnc_list", "dnc_remove", "get_cli_commands", "main"]
 
+PROG = "vonage-studio"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8766
 # Same as callbacks.app.DEFAULT_CONN_ID, repeated so that building the parser imports no FastAPI.
 DEFAULT_CONN_ID = "vonage_studio_default"
 
 
+class _Arg(NamedTuple):
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any]
+
+
+class _Action(NamedTuple):
+    name: str
+    help: str
+    func: Callable[[argparse.Namespace], None]
+    args: tuple[_Arg, ...]
+    description: str | None = None
+
+
+class _Group(NamedTuple):
+    name: str
+    help: str
+    subcommands: tuple[_Action, ...]
+
+
+def _commands() -> tuple[_Group, ...]:
+    host = _Arg(
+        ("--host",), {"help": f"Address to listen on (default {DEFAULT_HOST})", "default": DEFAULT_HOST}
+    )
+    port = _Arg(
+        ("--port",),
+        {"help": f"Port to listen on (default {DEFAULT_PORT})", "type": int, "default": DEFAULT_PORT},
+    )
+    conn_id = _Arg(
+        ("--conn-id",),
+        {
+            "help": f"vonage_studio connection holding callback_secret (default {DEFAULT_CONN_ID})",
+            "default": DEFAULT_CONN_ID,
+        },
+    )
+    outcome_view = _Arg(
+        ("--outcome-view",),
+        {
+            "help": "Also serve the outcome view at /outcomes WITHOUT authentication (numbers stay "
+            "redacted); only behind an authenticating proxy or on a private address",
+            "action": "store_true",
+        },
+    )
+    log_level = _Arg(
+        ("--log-level",),
+        {
+            "help": "uvicorn log level (default info)",
+            "default": "info",
+            "choices": ["critical", "error", "warning", "info", "debug"],
+        },
+    )
+    number = _Arg(
+        ("number",),
+        {"help": "Phone number (with country code, or national with --default-country) or SIP URI"},
+    )
+    reason = _Arg(("--reason",), {"help": "Why the number must not be called (kept with the entry)"})
+    country = _Arg(
+        ("--default-country",), {"help": "ISO country code for numbers given without country code, e.g. GB"}
+    )
+    show = _Arg(
+        ("--show-numbers",), {"help": "Print numbers in full instead of redacted", "action": "store_true"}
+    )
+    output = _Arg(
+        ("-o", "--output"),
+        {"help": "Output format (default table)", "default": "table", "choices": ["table", "json"]},
+    )
+    return (
+        _Group(
+            "callbacks",
+            "AI Studio status callback receiver",
+            (
+                _Action(
+                    "serve",
+                    "Run the callback receiver under uvicorn",
+                    callbacks_serve,
+                    (host, port, conn_id, outcome_view, log_level),
+                    description="Run the callback receiver (POST /calls/<token>/status, GET /health) under "
+                    "uvicorn. Set the connection's callback_base_url to the public URL of this server.",
+                ),
+            ),
+        ),
+        _Group(
+            "dnc",
+            "Do-not-call list (numbers the provider refuses to dial)",
+            (
+                _Action("add", "Put a number on the do-not-call list", dnc_add, (number, reason, country)),
+                _Action(
+                    "remove",
+                    "Take a number off the do-not-call list (exit code 1 if it was not listed)",
+                    dnc_remove,
+                    (number, country),
+                ),
+                _Action(
+                    "list",
+                    "Show the do-not-call list (numbers redacted unless --show-numbers)",
+                    dnc_list,
+                    (show, output),
+                ),
+            ),
+        ),
+    )
+
+
+COMMANDS_HELP = "Vonage AI Studio provider: callback receiver and do-not-call list"
+
+
 def get_cli_commands() -> list[GroupCommand]:
-    """The ``vonage-studio`` command group, for Airflow's CLI parser."""
+    """The ``vonage-studio`` command group, for Airflow's CLI parser (Airflow 3.2 and later)."""
     from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand
 
-    arg_host = Arg(("--host",), help=f"Address to listen on (default {DEFAULT_HOST})", default=DEFAULT_HOST)
-    arg_port = Arg(
-        ("--port",), help=f"Port to listen on (default {DEFAULT_PORT})", type=int, default=DEFAULT_PORT
-    )
-    arg_conn_id = Arg(
-        ("--conn-id",),
-        help=f"vonage_studio connection holding callback_secret (default {DEFAULT_CONN_ID})",
-        default=DEFAULT_CONN_ID,
-    )
-    arg_outcome_view = Arg(
-        ("--outcome-view",),
-        help="Also serve the outcome view at /outcomes WITHOUT authentication (numbers stay redacted); "
-        "only behind an authenticating proxy or on a private address",
-        action="store_true",
-    )
-    arg_log_level = Arg(
-        ("--log-level",),
-        help="uvicorn log level (default info)",
-        default="info",
-        choices=["critical", "error", "warning", "info", "debug"],
-    )
-    arg_number = Arg(
-        ("number",), help="Phone number (with country code, or national with --default-country) or SIP URI"
-    )
-    arg_reason = Arg(("--reason",), help="Why the number must not be called (kept with the entry)")
-    arg_country = Arg(
-        ("--default-country",),
-        help="ISO country code for numbers given without country code, e.g. GB",
-    )
-    arg_show = Arg(("--show-numbers",), help="Print numbers in full instead of redacted", action="store_true")
-    arg_output = Arg(
-        ("-o", "--output"), help="Output format (default table)", default="table", choices=["table", "json"]
-    )
     return [
         GroupCommand(
-            name="vonage-studio",
-            help="Vonage AI Studio provider: callback receiver and do-not-call list",
-            subcommands=(
+            name=PROG,
+            help=COMMANDS_HELP,
+            subcommands=tuple(
                 GroupCommand(
-                    name="callbacks",
-                    help="AI Studio status callback receiver",
-                    subcommands=(
+                    name=group.name,
+                    help=group.help,
+                    subcommands=tuple(
                         ActionCommand(
-                            name="serve",
-                            help="Run the callback receiver under uvicorn",
-                            description="Run the callback receiver (POST /calls/<token>/status, GET /health) "
-                            "under uvicorn. Set the connection's callback_base_url to the public URL of this "
-                            "server.",
-                            func=callbacks_serve,
-                            args=(arg_host, arg_port, arg_conn_id, arg_outcome_view, arg_log_level),
-                        ),
+                            name=action.name,
+                            help=action.help,
+                            description=action.description,
+                            func=action.func,
+                            args=tuple(Arg(arg.flags, **arg.kwargs) for arg in action.args),
+                        )
+                        for action in group.subcommands
                     ),
-                ),
-                GroupCommand(
-                    name="dnc",
-                    help="Do-not-call list (numbers the provider refuses to dial)",
-                    subcommands=(
-                        ActionCommand(
-                            name="add",
-                            help="Put a number on the do-not-call list",
-                            func=dnc_add,
-                            args=(arg_number, arg_reason, arg_country),
-                        ),
-                        ActionCommand(
-                            name="remove",
-                            help="Take a number off the do-not-call list (exit code 1 if it was not listed)",
-                            func=dnc_remove,
-                            args=(arg_number, arg_country),
-                        ),
-                        ActionCommand(
-                            name="list",
-                            help="Show the do-not-call list (numbers redacted unless --show-numbers)",
-                            func=dnc_list,
-                            args=(arg_show, arg_output),
-                        ),
-                    ),
-                ),
+                )
+                for group in _commands()
             ),
         )
     ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The console script's parser: the same commands as ``airflow vonage-studio``."""
+    parser = argparse.ArgumentParser(prog=PROG, description=COMMANDS_HELP)
+    groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+    for group in _commands():
+        group_parser = groups.add_parser(group.name, help=group.help, description=group.help)
+        actions = group_parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+        for action in group.subcommands:
+            action_parser = actions.add_parser(
+                action.name, help=action.help, description=action.description or action.help
+            )
+            for arg in action.args:
+                action_parser.add_argument(*arg.flags, **arg.kwargs)
+            action_parser.set_defaults(func=action.func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``vonage-studio`` console script.
+
+    :raises SystemExit: on bad arguments (code 2) and when a command fails (see each command).
+    """
+    args = build_parser().parse_args(argv)
+    args.func(args)
 
 
 # ------------------------------------------------------------------------------ callbacks

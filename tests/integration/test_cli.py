@@ -1,4 +1,7 @@
-"""``airflow vonage-studio ...``: the provider's CLI, discovered by Airflow through the provider info."""
+"""The provider's CLI: the ``vonage-studio`` console script on every Airflow, and
+``airflow vonage-studio ...`` (discovered through the provider info) where Airflow has provider
+CLI commands (3.2 and later).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +12,36 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import requests
 
+from airflow_provider_vonage_studio._compat import PROVIDER_CLI_SUPPORTED
 from airflow_provider_vonage_studio.callbacks.tokens import make_call_ref, sign_token
 from airflow_provider_vonage_studio.store import CallStore
 from airflow_provider_vonage_studio.testing.dagrun import airflow_bin
 from tests.conftest import TEST_SECRET, conn_json
 
 NUMBER = "447700900123"
+CONSOLE_SCRIPT = "console script"
+AIRFLOW_CLI = "airflow CLI"
+
+
+def _command(entry: str) -> list[str]:
+    """How a user starts the provider's commands: ``vonage-studio`` or ``airflow vonage-studio``."""
+    if entry == CONSOLE_SCRIPT:
+        script = Path(sys.executable).with_name("vonage-studio")
+        assert script.exists(), f"the vonage-studio console script is not installed beside {sys.executable}"
+        return [str(script)]
+    if not PROVIDER_CLI_SUPPORTED:
+        pytest.skip("Airflow < 3.2 has no provider CLI commands; vonage-studio is the command there")
+    return [airflow_bin(), "vonage-studio"]
+
+
+ENTRIES = pytest.mark.parametrize("entry", [CONSOLE_SCRIPT, AIRFLOW_CLI])
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -41,9 +61,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_help_lists_the_commands(tmp_path: Path) -> None:
+@ENTRIES
+def test_help_lists_the_commands(tmp_path: Path, entry: str) -> None:
     proc = subprocess.run(
-        [airflow_bin(), "vonage-studio", "--help"],
+        [*_command(entry), "--help"],
         env=_env(tmp_path),
         capture_output=True,
         text=True,
@@ -53,7 +74,7 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert "callbacks" in proc.stdout and "dnc" in proc.stdout
 
     serve = subprocess.run(
-        [airflow_bin(), "vonage-studio", "callbacks", "serve", "--help"],
+        [*_command(entry), "callbacks", "serve", "--help"],
         env=_env(tmp_path),
         capture_output=True,
         text=True,
@@ -65,27 +86,40 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
 
 
 def test_cli_module_is_cheap_to_import() -> None:
+    # Airflow builds its parser (airflow.cli.cli_config) on every command; what loads on top of
+    # that is ours. (On Airflow 3.1, Airflow itself already loads phonenumbers via sqlalchemy_utils.)
     code = (
-        "import sys; import airflow_provider_vonage_studio.cli as c; cmds = c.get_cli_commands(); "
-        "print(cmds[0].name, *(m in sys.modules for m in ('fastapi', 'uvicorn', 'phonenumbers')))"
+        "import sys; import airflow.cli.cli_config; before = set(sys.modules); "
+        "import airflow_provider_vonage_studio.cli as c; cmds = c.get_cli_commands(); c.build_parser(); "
+        "added = set(sys.modules) - before; "
+        "print(cmds[0].name, *(any(m.split('.')[0] == h for m in added) "
+        "for h in ('fastapi', 'uvicorn', 'phonenumbers', 'sqlalchemy')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     # Airflow may print its own notices first; ours is the last line.
-    assert proc.stdout.strip().splitlines()[-1].split() == ["vonage-studio", "False", "False", "False"]
+    assert proc.stdout.strip().splitlines()[-1].split() == [
+        "vonage-studio",
+        "False",
+        "False",
+        "False",
+        "False",
+    ]
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
-    """``airflow vonage-studio callbacks serve`` on a free port, output captured to a file."""
+@pytest.fixture(params=[CONSOLE_SCRIPT, AIRFLOW_CLI])
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+    """``vonage-studio callbacks serve`` (or ``airflow vonage-studio ...``) output to a file."""
+    command = _command(request.param)
     port = _free_port()
     log_path = tmp_path / "serve.log"
     env = _env(tmp_path, AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT=conn_json(callback_secret=TEST_SECRET))
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
-                airflow_bin(),
-                "vonage-studio",
+                *command,
                 "callbacks",
                 "serve",
                 "--host",
@@ -159,9 +193,10 @@ def test_serve_records_a_signed_callback(served: tuple[int, Path, subprocess.Pop
     assert NUMBER not in output
 
 
-def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+@ENTRIES
+def test_serve_refuses_to_start_without_a_secret(tmp_path: Path, entry: str) -> None:
     proc = subprocess.run(
-        [airflow_bin(), "vonage-studio", "callbacks", "serve", "--port", str(_free_port())],
+        [*_command(entry), "callbacks", "serve", "--port", str(_free_port())],
         env=_env(tmp_path, AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT=conn_json()),
         capture_output=True,
         text=True,
@@ -174,17 +209,27 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- dnc
 
 
-def _run_cli(argv: list[str]) -> None:
-    """Parse ``argv`` with Airflow's own CLI parser and run the command, in this process."""
+def _cli_runner(entry: str) -> Callable[[list[str]], None]:
+    """Run ``vonage-studio ARGV`` in this process: the console script's parser, or Airflow's."""
+    if entry == CONSOLE_SCRIPT:
+        from airflow_provider_vonage_studio.cli import main
+
+        return lambda argv: main(argv[1:])
+    _command(entry)  # skips where Airflow has no provider CLI commands
     from airflow.cli.cli_parser import get_parser
 
-    args = get_parser().parse_args(argv)
-    args.func(args)
+    def run(argv: list[str]) -> None:
+        args = get_parser().parse_args(argv)
+        args.func(args)
+
+    return run
 
 
+@ENTRIES
 def test_dnc_add_list_remove_round_trip(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], entry: str
 ) -> None:
+    _run_cli = _cli_runner(entry)
     url = f"sqlite:///{tmp_path / 'dnc.db'}"
     monkeypatch.setenv("AIRFLOW__VONAGE_STUDIO__STORE_URL", url)
     try:

@@ -195,7 +195,10 @@ def test_status_url_defaults_to_the_connections_receiver(env, emulator, dag, mon
 
 
 def test_async_notify_for_a_deadline_alert_in_the_callback_trigger(env, emulator):
-    from airflow.triggers.callback import CallbackTrigger
+    from airflow_provider_vonage_studio._compat import deadline_callback_trigger
+
+    # CallbackTrigger from Airflow 3.2, DeadlineCallbackTrigger in 3.1: same arguments.
+    CallbackTrigger = deadline_callback_trigger()
 
     context: Any = {
         "dag_run": {"dag_id": "billing", "dag_run_id": "scheduled__2026-01-02", "state": "running"},

@@ -669,7 +669,7 @@ def test_sensor_poke(store: CallStore, store_url: str) -> None:
 
 
 def test_sensor_reschedule_mode(store: CallStore, store_url: str) -> None:
-    from airflow.sdk.exceptions import AirflowRescheduleException
+    from airflow_provider_vonage_studio._compat import AirflowRescheduleException
 
     class TI:
         def get_first_reschedule_date(self, context: Any) -> None:
