@@ -144,6 +144,15 @@ def test_emulator_refuses_a_malformed_wrapper(wrapper):
         Emulator(insights_wrapper=wrapper)
 
 
+def test_emulator_cli_refuses_a_malformed_wrapper(capsys):
+    from airflow_provider_vonage_studio.testing.emulator import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--port", "0", "--insights-wrapper", "data,"])
+    assert info.value.code == 2
+    assert "insights_wrapper must be a non-empty key" in capsys.readouterr().err
+
+
 def test_placed_call_is_404_until_indexed_then_readable(emulator):
     emulator.insights_index_delay = 0.3
     emulator.script(TO, "answered", {"CONFIRMED": "yes"})
