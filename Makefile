@@ -28,7 +28,7 @@ CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 APT_GET ?= apt-get
 
-.PHONY: venv demo test test-matrix lint format typecheck pytest browser bench constraints clean
+.PHONY: venv demo test test-matrix matrix-venvs matrix-targets lint format typecheck pytest browser bench constraints clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,7 +75,16 @@ test-dags-airflow-%: .venv-airflow-%/.installed
 	@echo "== the DAG tests on Airflow $$(.venv-airflow-$*/bin/python -c 'import airflow; print(airflow.__version__)')"
 	.venv-airflow-$*/bin/python -m pytest -q -p no:cacheprovider tests/dags $(PYTEST_ARGS)
 
-test-matrix: test $(addprefix test-airflow-,$(MATRIX_FULL)) $(addprefix test-dags-airflow-,$(MATRIX_DAGS))
+MATRIX_TARGETS := $(addprefix test-airflow-,$(MATRIX_FULL)) $(addprefix test-dags-airflow-,$(MATRIX_DAGS))
+
+test-matrix: test $(MATRIX_TARGETS)
+
+# The older minors' venvs, without running anything (CI builds them beside .venv).
+matrix-venvs: $(foreach minor,$(MATRIX_FULL) $(MATRIX_DAGS),.venv-airflow-$(minor)/.installed)
+
+# What test-matrix runs after `make test`, one target a line (CI times each).
+matrix-targets:
+	@printf '%s\n' $(MATRIX_TARGETS)
 
 # The browser test drives Debian's headless Chromium through ChromeDriver. Missing and root:
 # install both; missing otherwise: fail (a skipped browser test would hide a broken view).
