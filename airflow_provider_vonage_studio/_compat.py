@@ -16,11 +16,16 @@ What differs per minor, and what the provider does about it:
 * The trigger that runs a ``DeadlineAlert``'s async callback is ``CallbackTrigger``
   (``airflow.triggers.callback``) from 3.2, ``DeadlineCallbackTrigger``
   (``airflow.triggers.deadline``) in 3.1.
+* ``airflow.plugins_manager`` returns the loaded plugins from ``_get_plugins()`` from 3.2;
+  3.1 keeps them in module globals (:func:`loaded_plugins`).
+* The API server has its own access-log middleware (``airflow.api_fastapi.common.http_access_log``)
+  from 3.2; 3.1 leaves access logging to uvicorn (:data:`API_SERVER_ACCESS_LOG`). The receiver
+  elides tokens from the request path either way.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as AIRFLOW_VERSION_STRING
 from airflow.providers.common.compat.sdk import (
@@ -52,6 +57,8 @@ AIRFLOW_V_3_2_PLUS = AIRFLOW_VERSION >= (3, 2, 0)
 AIRFLOW_V_3_3_PLUS = AIRFLOW_VERSION >= (3, 3, 0)
 #: Whether ``airflow vonage-studio ...`` exists (Airflow reads the provider info's ``cli`` from 3.2).
 PROVIDER_CLI_SUPPORTED = AIRFLOW_V_3_2_PLUS
+#: Whether the API server logs requests itself (``http_access_log``), not only through uvicorn.
+API_SERVER_ACCESS_LOG = AIRFLOW_V_3_2_PLUS
 
 if AIRFLOW_V_3_2_PLUS:
     from airflow.sdk.exceptions import AirflowRescheduleException  # type: ignore[attr-defined,unused-ignore]
@@ -62,6 +69,7 @@ __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_2_PLUS",
     "AIRFLOW_V_3_3_PLUS",
+    "API_SERVER_ACCESS_LOG",
     "PROVIDER_CLI_SUPPORTED",
     "AirflowException",
     "AirflowFailException",
@@ -74,6 +82,7 @@ __all__ = [
     "conf",
     "deadline_callback_trigger",
     "default_deferrable",
+    "loaded_plugins",
 ]
 
 
@@ -95,3 +104,20 @@ def deadline_callback_trigger() -> type[BaseTrigger]:
     from airflow.triggers.deadline import DeadlineCallbackTrigger  # type: ignore[import-not-found,unused-ignore]
 
     return DeadlineCallbackTrigger
+
+
+def loaded_plugins() -> tuple[list[Any], dict[str, str]]:
+    """The plugins Airflow loads in this process and its plugin import errors (by source).
+
+    ``plugins_manager._get_plugins()`` from Airflow 3.2; ``ensure_plugins_loaded()`` and the
+    module's ``plugins`` / ``import_errors`` in 3.1.
+    """
+    from airflow import plugins_manager
+
+    if AIRFLOW_V_3_2_PLUS:
+        found, errors = plugins_manager._get_plugins()  # type: ignore[attr-defined,unused-ignore]
+        return list(found), dict(errors)
+    plugins_manager.ensure_plugins_loaded()
+    return list(getattr(plugins_manager, "plugins", None) or []), dict(
+        getattr(plugins_manager, "import_errors", {})
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from airflow_provider_vonage_studio._compat import AIRFLOW_V_3_2_PLUS, API_SERVER_ACCESS_LOG, loaded_plugins
 from airflow_provider_vonage_studio.callbacks.tokens import make_call_ref, sign_token
 from airflow_provider_vonage_studio.store import CallStore
 from tests.conftest import TEST_SECRET, conn_json
@@ -47,10 +48,9 @@ def test_plugin_module_does_not_import_fastapi_or_the_store() -> None:
 
 
 def test_plugin_is_discovered_through_the_entry_point() -> None:
-    from airflow import plugins_manager
     from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse
 
-    plugins, errors = plugins_manager._get_plugins()
+    plugins, errors = loaded_plugins()
     ours = [p for p in plugins if p.name == "vonage_studio"]
     assert len(ours) == 1, [p.name for p in plugins]
     assert not any("vonage" in key for key in errors), errors
@@ -88,16 +88,20 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestC
 
         from airflow import settings
         from airflow.api_fastapi import app as api_app
-        from airflow.api_fastapi.common import http_access_log
-        from airflow.models.revoked_token import RevokedToken
 
-        # The login check (JWT) looks up revoked tokens in the metadata database; this
-        # test needs only that table, not a full `airflow db migrate`.
-        assert settings.engine is not None
-        RevokedToken.__table__.create(settings.engine, checkfirst=True)
+        if AIRFLOW_V_3_2_PLUS:
+            from airflow.models.revoked_token import RevokedToken
+
+            # The login check (JWT) looks up revoked tokens in the metadata database (from
+            # Airflow 3.2); this test needs only that table, not a full `airflow db migrate`.
+            assert settings.engine is not None
+            RevokedToken.__table__.create(settings.engine, checkfirst=True)
 
         access_log = _AccessLog()
-        mp.setattr(http_access_log, "logger", access_log)
+        if API_SERVER_ACCESS_LOG:
+            from airflow.api_fastapi.common import http_access_log
+
+            mp.setattr(http_access_log, "logger", access_log)
         api_app.purge_cached_app()
         app = api_app.create_app()
         with TestClient(app) as client:
@@ -150,10 +154,12 @@ def test_callback_posted_through_the_api_server_is_recorded(
     assert len([e for e in CallStore(store_url).status_history(call_ref)]) == 1
 
     assert client.get("/vonage-studio/health").json() == {"status": "ok"}
-    # The API server's access log saw our requests with the token elided.
-    ours = [p for p in access_log.paths if p.startswith("/vonage-studio/calls/")]
-    assert ours and all(p == "/vonage-studio/calls/***/status" for p in ours), ours
-    assert not any(token in p for p in access_log.paths)
+    if API_SERVER_ACCESS_LOG:
+        # The API server's access log saw our requests with the token elided. (Airflow 3.1 has
+        # no access log of its own: uvicorn's, tested in test_cli, is the one there.)
+        ours = [p for p in access_log.paths if p.startswith("/vonage-studio/calls/")]
+        assert ours and all(p == "/vonage-studio/calls/***/status" for p in ours), ours
+        assert not any(token in p for p in access_log.paths)
 
 
 def test_outcome_view_needs_an_airflow_login_and_shows_readable_dags_only(
