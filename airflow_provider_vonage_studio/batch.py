@@ -11,11 +11,13 @@ How a batch stays exactly-once and paced:
   retried task finds the calls its earlier tries made;
 * recipients are dialed one after another through
   :meth:`VonageStudioHook.make_call <airflow_provider_vonage_studio.hooks.vonage_studio.
-  VonageStudioHook.make_call>`, which writes the ledger row before the request, reserves a
-  shared pacing slot before every attempt and completes the row after the answer;
-* at the start of each pass, rows an earlier try left ``pending`` (it died while dialing)
-  are relabelled ``unknown``: whether that phone rang is unknown, so it is reported and
-  never dialed again unless ``redial_unknown`` asks for it.
+  VonageStudioHook.make_call>`, which writes the ledger row ``queued`` before the slot wait,
+  turns it ``sending`` (compare-and-set) immediately before each request, back to ``queued``
+  after each definite "not placed", and completes it after the answer;
+* at the start of each pass, rows an earlier try left ``sending`` (it died while its request
+  may have been on the way) are relabelled ``unknown``: whether that phone rang is unknown, so
+  it is reported and never dialed again unless ``redial_unknown`` asks for it. Rows left
+  ``queued`` (it died before sending, e.g. while waiting for its slot) are simply dialed.
 
 The dialer uses the hook it is given. Tests that dial hundreds of calls against an emulator
 with a lifted limit pass ``VonageStudioHook(pace=False)``; that is a testing knob only, never
@@ -39,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_vonage_studio.exceptions import (
     CallOutcomeUnknown,
+    CallPlacedNotRecorded,
+    CallStoreUnavailable,
     DoNotCall,
     VonageStudioBadRequest,
     VonageStudioConfigError,
@@ -446,15 +450,17 @@ def would_dial(record: CallRecord, redial_unknown: bool) -> bool:
     """Whether :meth:`VonageStudioHook.make_call` would send a request for a call with this
     ledger row (mirrors its rules; a unit test keeps the two in step).
 
-    ``placed`` never; ``rejected`` only when the refusal was one that left the call
-    definitely not placed and worth trying again (429, 502/503/504, connection refused);
-    ``unknown`` or ``pending`` only with ``redial_unknown``.
+    ``placed`` never; ``queued`` always (nothing was sent); ``rejected`` only when the refusal
+    was one that left the call definitely not placed and worth trying again (429, 502/503/504,
+    connection refused); ``unknown`` or ``sending`` only with ``redial_unknown``.
     """
     from airflow_provider_vonage_studio.hooks.vonage_studio import error_for
 
     state = record.state.value
     if state == "placed":
         return False
+    if state == "queued":
+        return True
     if state == "rejected":
         return error_for(record.error_status, record.error_message or "rejected earlier").retryable
     return redial_unknown
@@ -553,16 +559,17 @@ class BatchDialer:
         (used once a batch is complete, e.g. after waiting for statuses).
 
         :raises VonageStudioError: the connection is broken (before anything is dialed).
-        :raises Exception: a store failure (the task should fail and be retried).
+        :raises CallStoreUnavailable: the store could not be read before dialing (retryable).
         """
         store = self.hook.store
         if dial:
             self.hook.config  # noqa: B018 -- a broken connection fails here, before the ledger is touched
         refs = {r.index: self.call_ref_for(r) for r in plan if r.dialable}
-        records = store.get_calls(list(refs.values()))
-        if dial:
-            records = self._settle_abandoned(store, records)
-        listed = self._listed(store, [r.destination for r in plan if r.dialable and r.destination])
+        with store.unavailable_as_error("before dialing the batch"):
+            records = store.get_calls(list(refs.values()))
+            if dial:
+                records = self._settle_abandoned(store, records)
+            listed = self._listed(store, [r.destination for r in plan if r.dialable and r.destination])
 
         rate_limited_before = self.hook.rate_limited_count
         progress = _Progress(self, len(plan))
@@ -601,16 +608,17 @@ class BatchDialer:
     # -- steps --------------------------------------------------------------------------------
 
     def _settle_abandoned(self, store: CallStore, records: dict[str, CallRecord]) -> dict[str, CallRecord]:
-        """Relabel ``pending`` rows left by an earlier try as ``unknown``.
+        """Relabel ``sending`` rows left by an earlier try as ``unknown``.
 
         Within a pass every dial completes its row before the next starts, so a row still
-        pending when a pass begins belongs to a try that died mid-dial: the request may have
+        sending when a pass begins belongs to a try that died mid-request: the request may have
         reached AI Studio. The change is a compare-and-set on the row as read, so an outcome
-        recorded meanwhile (a try that was not dead after all) is never overwritten.
+        recorded meanwhile (a try that was not dead after all) is never overwritten. ``queued``
+        rows are left alone: nothing was sent, and this pass dials them.
         """
         from airflow_provider_vonage_studio.store import CallStateConflict
 
-        abandoned = [rec for rec in records.values() if rec.state.value == "pending"]
+        abandoned = [rec for rec in records.values() if rec.state.value == "sending"]
         if not abandoned:
             return records
         for rec in abandoned:
@@ -623,7 +631,7 @@ class BatchDialer:
                     expected=rec,
                 )
         self.log.warning(
-            "%d call(s) were left 'pending' by an earlier try that ended mid-dial; they are now "
+            "%d call(s) were left 'sending' by an earlier try that ended mid-request; they are now "
             "'unknown' and are not dialed again (they may have rung). Set redial_unknown=True to call "
             "them anyway.",
             len(abandoned),
@@ -715,6 +723,18 @@ class BatchDialer:
             )
         except DoNotCall:
             return replace(base, reason=SKIPPED_DO_NOT_CALL), False, None
+        except CallPlacedNotRecorded as exc:
+            # The call rang; only the ledger is behind. Report it placed, with the session id the
+            # error carries, and stop: the store is down, so the next dial would fail alike.
+            started = datetime.fromisoformat(exc.session_start_time) if exc.session_start_time else None
+            placed = replace(
+                base,
+                result=ResultKind.PLACED,
+                session_id=exc.session_id,
+                session_start_time=started,
+                reason=exc.message,
+            )
+            return placed, True, CallStoreUnavailable(exc.message)
         except CallOutcomeUnknown as exc:
             self.log.warning(
                 "Recipient %d (%s): outcome unknown: %s", recipient.index, recipient.shown, exc.message
@@ -757,6 +777,9 @@ def _from_record(base: RecipientResult, record: CallRecord) -> RecipientResult:
             result=ResultKind.REJECTED,
             reason=f"{status}{record.error_message or 'refused'} (on an earlier try; not dialed again)",
         )
+    if state == "queued":
+        why = f" after {record.error_status}: {record.error_message}" if record.error_status else ""
+        return replace(base, reason=f"not dialed yet (queued{why}); the next try dials it")
     return replace(
         base,
         result=ResultKind.UNKNOWN,

@@ -84,6 +84,32 @@ class CallOutcomeUnknown(VonageStudioError):
     """
 
 
+class CallStoreUnavailable(VonageStudioError):
+    """The call store (``[vonage_studio] store_url``) could not be reached or written.
+
+    Raised before a dial (nothing was sent) or for a ledger write that is not a placed call's
+    (see :class:`CallPlacedNotRecorded` for that). The message names the store's URL without
+    its password. Retryable: a later try finds the ledger as it was.
+    """
+
+    retryable = True
+
+
+class CallPlacedNotRecorded(VonageStudioError):
+    """AI Studio accepted the call, but the call store could not record it, even after retries.
+
+    The call WAS placed: ``session_id`` and ``session_start_time`` hold what AI Studio answered
+    (also in the message and in the task log at error level). The ledger row is left
+    ``sending``, so a later try reports the call ``unknown`` and never dials it again. Not
+    retryable: a retry cannot learn more than this error says.
+    """
+
+    def __init__(self, message: str, *, session_id: str, session_start_time: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.session_start_time = session_start_time
+
+
 class CallRejectedEarlier(VonageStudioError):
     """The ledger shows the API refused this call on an earlier try; re-raised without a request."""
 

@@ -74,10 +74,10 @@ FINAL_STATUSES: tuple[str, ...] = (ANSWERED, *FAILURE_STATUSES)
 #: silent call is taken as answered.
 DEFAULT_ANSWER_WINDOW = timedelta(seconds=90)
 
-#: How long a call may stay ``pending`` (row written, dial not finished) before waiting for
-#: it is pointless. The hook spends at most ~2 min on retries and a pacing slot is seconds
-#: away, so a row still pending after 10 min belongs to a placing task that was killed
-#: mid-request: nobody will ever complete it.
+#: How long a call may stay ``sending`` (request started, answer not recorded) before waiting
+#: for it is pointless. A request takes at most the read timeout (30 s by default), so a row
+#: still sending after 10 min belongs to a placing task that was killed mid-request: nobody
+#: will ever complete it. (The name predates the state's rename from ``pending``.)
 PENDING_TIMEOUT = timedelta(minutes=10)
 
 _log = logging.getLogger(__name__)
@@ -215,11 +215,13 @@ def evaluate_call(
         )
     ref = record.call_ref
     state = record.state
-    if state == "pending":
+    if state == "queued":
+        return None  # not sent yet: the placing task (or its next try) is waiting for its slot
+    if state == "sending":
         waited = now - record.updated_at
         if waited > pending_timeout:
             raise CallOutcomeUnknown(
-                f"call {ref} has been 'pending' for {_human(waited)}: the placing task started the dial "
+                f"call {ref} has been 'sending' for {_human(waited)}: the placing task sent the request "
                 "but never recorded AI Studio's answer (it was probably killed mid-request), so whether "
                 "the phone rang is unknown and no status will come"
             )

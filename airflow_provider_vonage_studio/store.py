@@ -39,17 +39,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from airflow_provider_vonage_studio.exceptions import UnknownCall, VonageStudioConfigError, VonageStudioError
+from airflow_provider_vonage_studio.exceptions import (
+    CallStoreUnavailable,
+    UnknownCall,
+    VonageStudioConfigError,
+    VonageStudioError,
+)
 
 __all__ = [
     "FAILURE_STATUSES",
     "MAX_STATUS_HISTORY",
     "OUTCOME_VALUES",
+    "PACING_MAX_FACTOR",
+    "PACING_NARROW_STEP",
+    "PACING_WIDEN",
     "SCHEMA_VERSION",
     "CallRecord",
     "CallState",
     "CallStateConflict",
     "CallStore",
+    "PacingState",
     "RecordOutcome",
     "StatusUpdate",
     "StoreSchemaTooNew",
@@ -58,7 +67,7 @@ __all__ = [
 
 #: Version of the table layout this code writes. Bump it together with an entry in
 #: ``_MIGRATIONS`` whenever a table changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Most status rows kept per call. AI Studio posts one failure status per call; a call that
 #: collects more is being flooded (a leaked token with varying ``conversation_uuid``), and
@@ -72,6 +81,13 @@ FAILURE_STATUSES: tuple[str, ...] = ("cancelled", "rejected", "busy", "timeout",
 #: task) or a failure status.
 OUTCOME_VALUES: tuple[str, ...] = ("answered", *FAILURE_STATUSES)
 
+#: Adaptive pacing (:meth:`CallStore.pace_feedback`): a 429 multiplies a key's spacing by
+#: ``PACING_WIDEN`` (up to ``PACING_MAX_FACTOR`` times the floor); each accepted call takes
+#: ``PACING_NARROW_STEP`` off the factor again, back down to 1.0 (the floor).
+PACING_WIDEN = 1.5
+PACING_MAX_FACTOR = 8.0
+PACING_NARROW_STEP = 0.05
+
 # Rows fetched per ``IN (...)`` query: well under SQLite's oldest bound-parameter limit (999).
 _CHUNK = 500
 # Column widths of the values that take part in keys; checked up front so a caller gets a
@@ -83,12 +99,25 @@ _KEY_MAX = 255
 
 
 class CallState(str, Enum):
-    """Where a call stands in the exactly-once ledger (see docs/guarantees.md)."""
+    """Where a call stands in the exactly-once ledger (see docs/guarantees.md).
 
-    PENDING = "pending"  # row written, request not (yet) known to be sent
+    ``QUEUED`` -> ``SENDING`` -> ``PLACED`` / ``REJECTED`` / ``UNKNOWN``; a definite "not
+    placed" between attempts (429, 502/503/504, a refused connection) puts ``SENDING`` back
+    to ``QUEUED``. ``PENDING`` is the name of ``SENDING`` before schema version 3 (kept as an
+    alias for one release; ``CallState("pending")`` also reads as ``SENDING``).
+    """
+
+    QUEUED = "queued"  # row written, nothing sent yet: a later try may dial it
+    SENDING = "sending"  # the request is (or may be) on its way: a later try must not redial
     PLACED = "placed"  # the API answered with a session id
     REJECTED = "rejected"  # the API refused it: definitely not placed
     UNKNOWN = "unknown"  # sent, no answer: never re-dialed without being asked
+    PENDING = "sending"  # deprecated alias of SENDING (the state's name before schema version 3)
+
+    @classmethod
+    def _missing_(cls, value: object) -> CallState | None:
+        # Rows written before schema version 3 said "pending" for what is now "sending".
+        return cls.SENDING if value == "pending" else None
 
 
 class RecordOutcome(str, Enum):
@@ -145,6 +174,16 @@ class CallRecord:
     #: it was stored; ``None`` until a sensor or waiting operator decided (schema version 2).
     outcome: str | None = None
     outcome_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PacingState:
+    """The shared pacing state of one key: the next free slot and when the last request left
+    (epoch seconds), and the adaptive widening of the spacing (1.0 = the floor)."""
+
+    next_at: float
+    last_sent_at: float | None
+    factor: float
 
 
 @dataclass(frozen=True)
@@ -276,6 +315,14 @@ pacing_slots_table = sa.Table(
     metadata,
     sa.Column("key", sa.String(_KEY_MAX), primary_key=True),
     sa.Column("next_at", sa.Float, nullable=False),  # epoch seconds; FLOAT is double precision on PostgreSQL
+    # Schema version 3 (all nullable: added in place to older stores). When the last request
+    # of this key left (epoch seconds), the adaptive widening of the spacing (1.0 = none) and
+    # when it was last widened.
+    sa.Column("last_sent_at", sa.Float),
+    sa.Column("factor", sa.Float),
+    sa.Column("widened_at", sa.Float),
+    # The last few requests as [[sent_at, answered_at or null], ...], oldest first (CallStore.pace_send).
+    sa.Column("recent", _JSONText),
 )
 
 do_not_call_table = sa.Table(
@@ -322,12 +369,25 @@ def _add_call_outcome(conn: Connection) -> None:
     _add_missing_columns(conn, calls_table, ("outcome", "outcome_at"))
 
 
+def _two_phase_ledger(conn: Connection) -> None:
+    """Version 3: the adaptive pacing columns, and ``pending`` rows renamed ``sending``.
+
+    A version-2 ``pending`` row was written before the slot wait, so it may or may not have
+    been sent: ``sending`` (unknown if found by a later try, never redialed) is the safe
+    reading; no row can be proven ``queued`` after the fact.
+    """
+    _add_missing_columns(conn, pacing_slots_table, ("last_sent_at", "factor", "widened_at", "recent"))
+    conn.execute(
+        calls_table.update().where(calls_table.c.state == "pending").values(state=CallState.SENDING.value)
+    )
+
+
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
 #: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
 #: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
 #: any table that did not exist (a new database is created at the current version directly and
 #: runs none). Bump ``SCHEMA_VERSION`` together with a new entry; steps must be idempotent.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_call_outcome}
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_call_outcome, 3: _two_phase_ledger}
 
 # Execution option read by the SQLite "begin" hook: which BEGIN to emit.
 _BEGIN_OPTION = "vonage_studio_sqlite_begin"
@@ -367,6 +427,7 @@ class CallStore:
             self._engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) if self._sqlite else self._engine
         )
         self._display_url = parsed.render_as_string(hide_password=True)
+        self._password = parsed.password if isinstance(parsed.password, str) else None
         self._init_process_state()
 
     def _init_process_state(self) -> None:
@@ -490,7 +551,7 @@ class CallStore:
     ) -> tuple[bool, CallRecord]:
         """Write the ledger row of a call about to be dialed, unless it exists already.
 
-        Returns ``(True, record)`` when this call created the ``pending`` row and
+        Returns ``(True, record)`` when this call created the ``queued`` row and
         ``(False, existing)`` when the row was already there (a retry, or another process
         that won the race: exactly one caller ever gets ``True``). ``destination`` is the
         normalised number or SIP URI. Raises :class:`VonageStudioConfigError` for an empty
@@ -506,7 +567,7 @@ class CallStore:
             "call_ref": call_ref,
             "agent_id": agent_id,
             "destination": destination,
-            "state": CallState.PENDING.value,
+            "state": CallState.QUEUED.value,
             "dag_id": dag_id,
             "run_id": run_id,
             "task_id": task_id,
@@ -528,7 +589,7 @@ class CallStore:
         return True, _record_from_values(values)
 
     def restart_call(self, call_ref: str, *, expected: CallRecord | None = None) -> None:
-        """Put an ``unknown`` (or stale ``pending``) call back to ``pending`` for an explicit redial.
+        """Put an ``unknown`` (or stale ``sending``) call back to ``queued`` for an explicit redial.
 
         Clears the earlier error and bumps ``updated_at``. With ``expected`` — the record the
         caller based its decision on — the restart is a compare-and-set: it happens only while
@@ -539,17 +600,50 @@ class CallStore:
         Raises :class:`UnknownCall` when there is no such call and :class:`CallStateConflict`
         when it was placed or rejected (without ``expected``), or changed since ``expected``.
         """
-        allowed: tuple[CallState, ...] = (CallState.PENDING, CallState.UNKNOWN)
+        allowed: tuple[CallState, ...] = (CallState.SENDING, CallState.UNKNOWN)
         where = None
         if expected is not None:
             allowed = (expected.state,)
             where = calls_table.c.updated_at == expected.updated_at
         self._update_call(
             call_ref,
-            {"state": CallState.PENDING.value, "error_status": None, "error_message": None},
+            {"state": CallState.QUEUED.value, "error_status": None, "error_message": None},
             allowed=allowed,
             action="restart",
             where=where,
+        )
+
+    def mark_sending(self, call_ref: str) -> None:
+        """Compare-and-set ``queued`` -> ``sending``: the last ledger step before the request.
+
+        Of two processes holding the same ``queued`` row only one wins; a row goes back to
+        ``queued`` only after a definite "not placed" (:meth:`requeue`), so a winner is never
+        racing a request in flight. :meth:`pace_send` does the same step inside its pacing
+        transaction.
+
+        Raises :class:`UnknownCall` when there is no such call and :class:`CallStateConflict`
+        when it is not ``queued`` (another try is dialing it, or has finished).
+        """
+        self._update_call(
+            call_ref,
+            {"state": CallState.SENDING.value},
+            allowed=(CallState.QUEUED,),
+            action="start sending",
+        )
+
+    def requeue(self, call_ref: str, status: int | None = None, message: str | None = None) -> None:
+        """Compare-and-set ``sending`` -> ``queued`` after an answer that means "definitely not
+        placed" (429, 502/503/504, a refused connection), keeping why in ``error_status`` /
+        ``error_message``: a later attempt or try may dial it.
+
+        Raises :class:`UnknownCall` when there is no such call and :class:`CallStateConflict`
+        when it is no longer ``sending`` (a later try marked it ``unknown`` meanwhile).
+        """
+        self._update_call(
+            call_ref,
+            {"state": CallState.QUEUED.value, "error_status": status, "error_message": message},
+            allowed=(CallState.SENDING,),
+            action="requeue",
         )
 
     def mark_placed(self, call_ref: str, session_id: str, session_start_time: datetime) -> None:
@@ -583,7 +677,7 @@ class CallStore:
 
         With ``expected`` — the record the caller based its decision on — the change is a
         compare-and-set: it happens only while the row still has that state and ``updated_at``.
-        That is how a later try labels a ``pending`` row left by a killed try without ever
+        That is how a later try labels a ``sending`` row left by a killed try without ever
         overwriting an outcome recorded meanwhile.
 
         Raises :class:`UnknownCall` when there is no such call and :class:`CallStateConflict`
@@ -990,47 +1084,222 @@ class CallStore:
     def reserve_slot(self, key: str, interval_seconds: float, *, now: float | None = None) -> float:
         """Reserve the next dialing slot of ``key`` (e.g. an agent id) and return it.
 
-        Atomically ``slot = max(next_at, now)`` and ``next_at = slot + interval_seconds``;
-        the caller waits until ``slot`` (epoch seconds) before dialing. Safe across
-        threads, processes and (on PostgreSQL) machines: on SQLite the transaction holds
-        the write lock (BEGIN IMMEDIATE), on PostgreSQL the slot row is locked (FOR UPDATE).
-        ``now`` defaults to ``time.time()``; pass it in tests.
+        Atomically ``slot = max(next_at, now)`` and ``next_at = slot + interval_seconds * factor``
+        where ``factor`` (1.0 until a 429 is reported, see :meth:`pace_feedback`) is the key's
+        adaptive widening; the caller waits until ``slot`` (epoch seconds), then asks
+        :meth:`pace_send` for leave to send. Safe across threads, processes and (on PostgreSQL)
+        machines: on SQLite the transaction holds the write lock (BEGIN IMMEDIATE), on
+        PostgreSQL the slot row is locked (FOR UPDATE). ``now`` defaults to ``time.time()``;
+        pass it in tests.
 
         Raises :class:`VonageStudioConfigError` for an empty or over-long ``key`` or a
         negative / non-finite ``interval_seconds``.
         """
-        if not key or len(key) > _KEY_MAX:
-            raise VonageStudioConfigError(f"key: must be 1..{_KEY_MAX} characters, got {len(key)}")
-        if not math.isfinite(interval_seconds) or interval_seconds < 0:
-            raise VonageStudioConfigError(
-                f"interval_seconds: must be a finite number >= 0, got {interval_seconds!r}"
-            )
+        _check_pacing(key, interval_seconds)
         t = pacing_slots_table
         with self._transaction(write=True) as conn:
-            if conn.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-                # Make sure the row exists so FOR UPDATE has something to lock; a racing
-                # first insert waits on the key and then does nothing. next_at=0: "free now".
-                conn.execute(
-                    pg_insert(t).values(key=key, next_at=0.0).on_conflict_do_nothing(index_elements=["key"])
-                )
-            # Read-then-write (not one upsert) so the slot is returned exactly as stored,
-            # without re-deriving it from next_at - interval in floating point.
-            next_at = conn.execute(
-                sa.select(t.c.next_at).where(t.c.key == key).with_for_update()
-            ).scalar_one_or_none()
+            row = self._lock_slot(conn, key)
             # "Now" is read only once the lock is held: read before waiting for it, a slot handed
             # out as "now" would already be in the past, the caller would dial late, and the next
             # slot (a full interval after the stale "now") would come too soon after that dial.
             current = time.time() if now is None else now
-            if next_at is None:  # SQLite: the write lock is held, nobody can insert meanwhile
+            if row is None:  # SQLite: the write lock is held, nobody can insert meanwhile
                 slot = current
-                conn.execute(t.insert().values(key=key, next_at=slot + interval_seconds))
+                conn.execute(t.insert().values(key=key, next_at=slot + interval_seconds, factor=1.0))
             else:
-                slot = max(next_at, current)
-                conn.execute(t.update().where(t.c.key == key).values(next_at=slot + interval_seconds))
+                # Read-then-write (not one upsert) so the slot is returned exactly as stored,
+                # without re-deriving it from next_at - interval in floating point.
+                slot = max(row.next_at, current)
+                spacing = interval_seconds * _factor(row.factor)
+                conn.execute(t.update().where(t.c.key == key).values(next_at=slot + spacing))
         return slot
+
+    def pace_send(
+        self,
+        key: str,
+        interval_seconds: float,
+        *,
+        limit: int = 1,
+        window: float = 1.0,
+        call_ref: str | None = None,
+        now: float | None = None,
+    ) -> tuple[float, float | None]:
+        """Ask for leave to send one request of ``key`` now: ``(0.0, sent_at)`` when granted,
+        else ``(seconds to wait before asking again, None)``.
+
+        The slots of :meth:`reserve_slot` are handed out in advance and only space the
+        *requests*; a strict limiter counts *arrivals*, and a request's time on the way varies
+        (a dialer that woke late, a slow connection). So leave is given only once the
+        ``limit``-th most recent request of ``key`` is over (its answer reported to
+        :meth:`pace_feedback`) by at least ``window * factor`` seconds: that request arrived
+        before its answer, so at most ``limit`` arrivals fall in any ``window``, whatever the
+        delays. A request whose answer has not been reported is taken as over one ``window``
+        after it left (a dialer killed mid-request must not stall everyone).
+
+        On leave, the request is recorded as sent now (``sent_at``, to pass to
+        :meth:`pace_feedback`) and, with ``call_ref``, the call's row goes ``queued`` ->
+        ``sending`` in the same transaction, so a row is ``sending`` only once its request is
+        about to leave.
+
+        :raises CallStateConflict: ``call_ref``'s row is not ``queued`` (nothing is changed).
+        :raises UnknownCall: there is no such call.
+        :raises VonageStudioConfigError: as :meth:`reserve_slot`, or a ``limit`` below 1 or a
+            ``window`` that is not a positive finite number.
+        """
+        _check_pacing(key, interval_seconds)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise VonageStudioConfigError(f"limit: must be an integer 1..1000, got {limit!r}")
+        if not (math.isfinite(window) and window > 0):
+            raise VonageStudioConfigError(f"window: must be a finite number > 0, got {window!r}")
+        t = pacing_slots_table
+        with self._transaction(write=True) as conn:
+            row = self._lock_slot(conn, key)
+            current = time.time() if now is None else now
+            recent = _recent(None if row is None else row.recent)
+            if len(recent) >= limit:
+                sent, done = recent[-limit]
+                over = done if done is not None else sent + window
+                wait = over + window * _factor(None if row is None else row.factor) - current
+                if wait > 0:
+                    # Waiting on an answer not reported yet: look again soon, it may come any moment.
+                    return (min(wait, 0.05) if done is None else wait), None
+            recent = [*recent, [current, None]][-limit:]
+            if row is None:
+                conn.execute(
+                    t.insert().values(
+                        key=key, next_at=current, last_sent_at=current, factor=1.0, recent=recent
+                    )
+                )
+            else:
+                conn.execute(t.update().where(t.c.key == key).values(last_sent_at=current, recent=recent))
+            if call_ref is not None:
+                calls = calls_table
+                changed = conn.execute(
+                    calls.update()
+                    .where(calls.c.call_ref == call_ref, calls.c.state == CallState.QUEUED.value)
+                    .values(state=CallState.SENDING.value, updated_at=_utcnow())
+                ).rowcount
+                if not changed:
+                    state = conn.execute(
+                        sa.select(calls.c.state).where(calls.c.call_ref == call_ref)
+                    ).scalar_one_or_none()
+                    # Raising rolls the transaction back: the send is not recorded.
+                    if state is None:
+                        raise UnknownCall(f"call_ref {call_ref!r}: no such call in the call store")
+                    raise CallStateConflict(
+                        f"call_ref {call_ref!r}: cannot start sending a call in state {state!r} "
+                        "(allowed: queued)"
+                    )
+        return 0.0, current
+
+    def pace_feedback(
+        self,
+        key: str,
+        interval_seconds: float,
+        *,
+        rate_limited: bool,
+        sent_at: float | None = None,
+        answered_at: float | None = None,
+        narrow: bool = True,
+        retry_after: float | None = None,
+        now: float | None = None,
+    ) -> float:
+        """Report the answer to a request of ``key`` and adapt the spacing; returns the new factor.
+
+        ``sent_at`` (from :meth:`pace_send`) marks that request as over at ``answered_at`` (when
+        its answer came, by the caller's clock; default and at most: now). AIMD, shared by
+        every process using the store: a 429 multiplies the factor by :data:`PACING_WIDEN` (at
+        most once per current spacing, so the refusals of calls already in flight count once;
+        capped at :data:`PACING_MAX_FACTOR`) and pushes ``next_at`` one widened spacing (or
+        ``retry_after`` seconds, if longer) past now; an accepted call takes
+        :data:`PACING_NARROW_STEP` off it, down to 1.0 (``narrow=False``: an answer that is
+        neither, such as a 503, leaves the factor alone).
+
+        :raises VonageStudioConfigError: as :meth:`reserve_slot`, or a negative / non-finite
+            ``retry_after``.
+        """
+        _check_pacing(key, interval_seconds)
+        if retry_after is not None and not (math.isfinite(retry_after) and retry_after >= 0):
+            raise VonageStudioConfigError(f"retry_after: must be a finite number >= 0, got {retry_after!r}")
+        t = pacing_slots_table
+        with self._transaction(write=True) as conn:
+            row = self._lock_slot(conn, key)
+            current = time.time() if now is None else now
+            factor = _factor(None if row is None else row.factor)
+            values: dict[str, Any] = {}
+            if sent_at is not None and row is not None:
+                recent = _recent(row.recent)
+                over = current if answered_at is None else min(max(answered_at, sent_at), current)
+                for entry in recent:
+                    if entry[0] == sent_at and entry[1] is None:
+                        entry[1] = over
+                values["recent"] = recent
+            if rate_limited:
+                widened_at = None if row is None else row.widened_at
+                if widened_at is None or current - widened_at >= interval_seconds * factor:
+                    factor = min(PACING_MAX_FACTOR, factor * PACING_WIDEN)
+                    values["widened_at"] = current
+                pause = max(interval_seconds * factor, retry_after or 0.0)
+                values["next_at"] = max(current + pause, 0.0 if row is None else row.next_at)
+            elif narrow:
+                factor = max(1.0, factor - PACING_NARROW_STEP)
+            values["factor"] = factor
+            if row is None:
+                conn.execute(t.insert().values(key=key, **{"next_at": current, **values}))
+            else:
+                conn.execute(t.update().where(t.c.key == key).values(**values))
+        return factor
+
+    def pacing_state(self, key: str) -> PacingState | None:
+        """The stored pacing state of ``key`` (``None`` before its first slot)."""
+        t = pacing_slots_table
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                sa.select(t.c.next_at, t.c.last_sent_at, t.c.factor).where(t.c.key == key)
+            ).first()
+        if row is None:
+            return None
+        return PacingState(next_at=row.next_at, last_sent_at=row.last_sent_at, factor=_factor(row.factor))
+
+    @staticmethod
+    def _lock_slot(conn: Connection, key: str) -> Any:
+        """The pacing row of ``key``, locked until the transaction ends (``None`` on SQLite when
+        there is none yet; the write lock held there keeps anyone from inserting it meanwhile)."""
+        t = pacing_slots_table
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            # Make sure the row exists so FOR UPDATE has something to lock; a racing
+            # first insert waits on the key and then does nothing. next_at=0: "free now".
+            conn.execute(
+                pg_insert(t)
+                .values(key=key, next_at=0.0, factor=1.0)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+        return conn.execute(
+            sa.select(t.c.next_at, t.c.last_sent_at, t.c.factor, t.c.widened_at, t.c.recent)
+            .where(t.c.key == key)
+            .with_for_update()
+        ).first()
+
+    # --------------------------------------------------------------- availability
+
+    @contextmanager
+    def unavailable_as_error(self, doing: str) -> Iterator[None]:
+        """Turn a failure to reach the database into :class:`CallStoreUnavailable`.
+
+        ``doing`` says what was being done ("before dialing call vs-..."). The store URL is
+        named without its password; the driver's error is chained, not repeated (its text may
+        hold the URL). Errors of the SQL itself (constraint violations, bugs) pass unchanged.
+        """
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            kind = type(getattr(exc, "orig", None) or exc).__name__
+            raise CallStoreUnavailable(
+                f"call store {self._display_url} is unavailable {doing}: {kind}: "
+                f"{_first_line(exc, self._password)}"
+            ) from exc
 
     # ---------------------------------------------------------------- do not call
 
@@ -1129,6 +1398,44 @@ def configured_store_url() -> str:
         or os.path.join("~", "airflow")
     )
     return f"sqlite:///{Path(str(home)).expanduser() / 'vonage_studio.db'}"
+
+
+def _check_pacing(key: str, interval_seconds: float) -> None:
+    if not key or len(key) > _KEY_MAX:
+        raise VonageStudioConfigError(f"key: must be 1..{_KEY_MAX} characters, got {len(key)}")
+    if not math.isfinite(interval_seconds) or interval_seconds < 0:
+        raise VonageStudioConfigError(
+            f"interval_seconds: must be a finite number >= 0, got {interval_seconds!r}"
+        )
+
+
+def _factor(value: float | None) -> float:
+    """A stored widening factor; ``NULL`` (a row from before schema version 3) means none."""
+    if value is None or not math.isfinite(value) or value < 1.0:
+        return 1.0
+    return min(float(value), PACING_MAX_FACTOR)
+
+
+def _recent(value: Any) -> list[list[Any]]:
+    """The stored list of recent requests, tolerating anything malformed as "none"."""
+    if not isinstance(value, list):
+        return []
+    return [
+        [entry[0], entry[1]]
+        for entry in value
+        if isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], (int, float))
+        and (entry[1] is None or isinstance(entry[1], (int, float)))
+    ]
+
+
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    """The first line of a driver error, without ``secret`` (the URL's password) should the
+    driver have quoted it."""
+    orig = getattr(exc, "orig", None) or exc
+    text = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
+    return text.replace(secret, "***") if secret else text
 
 
 def _check_call_ref(call_ref: str) -> None:

@@ -115,6 +115,8 @@ def outcome_of(call: CallRecord) -> str:
         "placed": "no_failure_reported",
         "rejected": "rejected_by_api",
         "unknown": "outcome_unknown",
+        "queued": "dialing",
+        "sending": "dialing",
         "pending": "dialing",
     }.get(state, str(state))
 

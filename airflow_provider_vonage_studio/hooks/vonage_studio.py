@@ -8,8 +8,10 @@ store, and the exactly-once ledger around ``make-call``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_vonage_studio._compat import BaseHook
 from airflow_provider_vonage_studio.exceptions import (
     CallOutcomeUnknown,
+    CallPlacedNotRecorded,
+    CallStoreUnavailable,
     DoNotCall,
     SessionNotFound,
     VonageStudioAgentNotFound,
@@ -73,6 +77,8 @@ class ConnectionConfig:
     callback_base_url: str | None
     callback_secret: str | None
     timeout: float
+    #: Extra spacing on top of ``1 / calls_per_second`` (extra ``pacing_margin``; 0.02 = 2 %).
+    pacing_margin: float = 0.02
 
     def __repr__(self) -> str:  # the key and secret must not reach logs through a repr
         return (
@@ -182,6 +188,7 @@ def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionCo
         callback_base_url=callback_base_url.rstrip("/") if callback_base_url else None,
         callback_secret=callback_secret,
         timeout=float(timeout),
+        pacing_margin=_pacing_margin(conn.conn_id, extra),
     )
 
 
@@ -193,6 +200,42 @@ def _extra_str(extra: Mapping[str, Any], name: str, where: str) -> str | None:
     if not isinstance(value, str):
         raise VonageStudioConfigError(f"{where}: extra {name!r} must be a string, got {type(value).__name__}")
     return value.strip() or None
+
+
+#: Default ``pacing_margin``: the slots are spaced 2 % wider than ``1 / calls_per_second``, so
+#: dialers seldom wait at the send gate (which is what keeps a strict limiter from ever
+#: seeing N + 1 arrivals in a second: see ``CallStore.pace_send``); a wider margin only
+#: lowers the achieved rate (10 % would cap it at 0.91 of the allowed one).
+DEFAULT_PACING_MARGIN = 0.02
+
+
+def _pacing_margin(conn_id: str, extra: Mapping[str, Any]) -> float:
+    """The ``pacing_margin`` extra: a fraction 0..1 of ``1 / calls_per_second`` added to the spacing.
+
+    :raises VonageStudioConfigError: for a bool, a non-number, NaN/infinity or a value outside 0..1.
+    """
+    raw = extra.get("pacing_margin", DEFAULT_PACING_MARGIN)
+    problem = None
+    value = 0.0
+    if isinstance(raw, bool) or raw is None:
+        problem = "not a number"
+    else:
+        try:
+            value = float(raw.strip()) if isinstance(raw, str) else float(raw)
+        except (TypeError, ValueError):
+            problem = "not a number"
+        else:
+            if not math.isfinite(value):
+                problem = "not finite"
+            elif not 0 <= value <= 1:
+                problem = "outside 0..1"
+    if problem is not None:
+        raise VonageStudioConfigError(
+            f"connection {conn_id!r}: extra 'pacing_margin' is {raw!r} ({problem}); expected a fraction "
+            "0..1 of the spacing 1 / calls_per_second to add as a safety margin "
+            f"(default {DEFAULT_PACING_MARGIN})"
+        )
+    return value
 
 
 def _base_url(conn: Any, region: str) -> str:
@@ -220,6 +263,17 @@ def _base_url(conn: Any, region: str) -> str:
     return base
 
 
+@dataclass
+class _LedgerRow:
+    """Internal: where one dial's ledger row stands while the hook works on it."""
+
+    call_ref: str
+    #: True from the queued -> sending step until the answer (or a definite "not placed").
+    sending: bool = False
+    #: The dial ended without a request in flight and the row must stay ``queued`` (429 time bound).
+    keep_queued: bool = False
+
+
 class _Retry(Exception):
     """Internal: an attempt failed in a way that is safe to try again."""
 
@@ -240,6 +294,11 @@ class VonageStudioHook(BaseHook):
     :param max_retry_seconds: total time budget of those attempts.
     :param retry_backoff: first back-off in seconds (doubled each attempt, jittered, capped at 30 s).
     :param pace: reserve a shared slot before each dial (leave on; off only for isolated unit tests).
+    :param max_rate_limited_seconds: how long a dial keeps retrying 429s through the shared pacer
+        (they do not count against ``max_attempts``); after that the call is left ``queued`` (not
+        placed) and :class:`VonageStudioRateLimited` tells Airflow to retry the task.
+    :param store_retry_seconds: how long a ledger write after a request (``placed``, ``rejected``,
+        ``unknown``) is retried through a call-store outage before giving up.
     """
 
     conn_name_attr = "vonage_studio_conn_id"
@@ -257,6 +316,8 @@ class VonageStudioHook(BaseHook):
         max_retry_seconds: float = 120.0,
         retry_backoff: float = 0.5,
         pace: bool = True,
+        max_rate_limited_seconds: float = 600.0,
+        store_retry_seconds: float = 60.0,
     ) -> None:
         super().__init__()
         from airflow_provider_vonage_studio.validation import (
@@ -287,6 +348,8 @@ class VonageStudioHook(BaseHook):
         )
         self.retry_backoff = check_seconds(retry_backoff, field="retry_backoff", maximum=MAX_RETRY_BACKOFF)
         self.pace = pace
+        self.max_rate_limited_seconds = _seconds(max_rate_limited_seconds, "max_rate_limited_seconds")
+        self.store_retry_seconds = _seconds(store_retry_seconds, "store_retry_seconds")
         self.rate_limited_count = 0
         # Indirection so tests can observe the waits without sleeping.
         self._sleep: Callable[[float], None] = time.sleep
@@ -507,19 +570,22 @@ class VonageStudioHook(BaseHook):
             return self._post_call(body, call_ref=None, status_url=status_url)
 
         store = self.store
-        earlier = store.get_call(call_ref)
+        before = f"before dialing call {call_ref}"
+        with store.unavailable_as_error(before):
+            earlier = store.get_call(call_ref)
         if earlier is None:
             self._check_do_not_call(destination, extra_do_not_call, default_country)
-            created, earlier = store.begin_call(
-                call_ref,
-                agent_id=agent_id,
-                destination=destination,
-                dag_id=dag_id,
-                run_id=run_id,
-                task_id=task_id,
-                map_index=map_index,
-                recipient_key=recipient_key,
-            )
+            with store.unavailable_as_error(before):
+                created, earlier = store.begin_call(
+                    call_ref,
+                    agent_id=agent_id,
+                    destination=destination,
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    task_id=task_id,
+                    map_index=map_index,
+                    recipient_key=recipient_key,
+                )
             if created:
                 return self._dial_recorded(body, call_ref, status_url)
         # Another try (or a concurrent one) already owns this call_ref.
@@ -533,20 +599,26 @@ class VonageStudioHook(BaseHook):
         if state == "placed":
             self.log.info("Call %s was placed on an earlier try; not dialing again.", call_ref)
             return _result_from_record(earlier, status_url)
+        if state == "queued":
+            # Written by a try that ended before its request left (killed in the slot wait, or out
+            # of time after 429s): nothing was sent, so this try dials it. Two tries holding the
+            # row cannot both send: the queued -> sending step is a compare-and-set.
+            self._check_do_not_call(destination, extra_do_not_call, default_country)
+            return self._dial_recorded(body, call_ref, status_url)
         if state == "rejected":
             err = error_for(earlier.error_status, earlier.error_message or "rejected earlier")
             if not err.retryable:
                 self.log.info("Call %s was refused by AI Studio on an earlier try; not dialing.", call_ref)
                 raise err
         elif not redial_unknown:
-            if state == "pending":
-                # A try was killed between writing the row and recording the answer: say so in
-                # the ledger (compare-and-set, so an outcome recorded meanwhile is kept).
+            if state == "sending":
+                # A try was killed between starting the request and recording the answer: say so
+                # in the ledger (compare-and-set, so an outcome recorded meanwhile is kept).
                 from contextlib import suppress
 
                 from airflow_provider_vonage_studio.store import CallStateConflict
 
-                with suppress(CallStateConflict):
+                with suppress(CallStateConflict), store.unavailable_as_error(before):
                     store.mark_unknown(call_ref, "an earlier try ended while dialing", expected=earlier)
             raise CallOutcomeUnknown(
                 f"call {call_ref} to {redact(destination)} was sent on an earlier try and its outcome is "
@@ -558,7 +630,8 @@ class VonageStudioHook(BaseHook):
         from airflow_provider_vonage_studio.store import CallStateConflict
 
         try:
-            store.restart_call(call_ref, expected=earlier)
+            with store.unavailable_as_error(before):
+                store.restart_call(call_ref, expected=earlier)
         except CallStateConflict:
             raise CallOutcomeUnknown(
                 f"call {call_ref} to {redact(destination)} changed while this try decided to redial "
@@ -575,24 +648,111 @@ class VonageStudioHook(BaseHook):
             raise DoNotCall(f"{redact(destination)} is on the do-not-call list; not dialed")
 
     def _dial_recorded(self, body: dict[str, Any], call_ref: str, status_url: str | None) -> CallResult:
+        """Dial a call whose ledger row is ``queued`` and record what became of it.
+
+        The row goes ``sending`` only immediately before each request (compare-and-set, inside
+        the pacing step), back to ``queued`` after each definite "not placed", and ends
+        ``placed``, ``rejected`` or ``unknown``. Whatever ends this function before a request
+        left (a store outage, a kill in the slot wait, the 429 time bound) leaves it ``queued``.
+        """
+        from airflow_provider_vonage_studio.destinations import redact
+
         store = self.store
+        ledger = _LedgerRow(call_ref)
         try:
-            result = self._post_call(body, call_ref=call_ref, status_url=status_url)
+            result = self._post_call(body, call_ref=call_ref, status_url=status_url, ledger=ledger)
         except CallOutcomeUnknown as exc:
-            store.mark_unknown(call_ref, exc.message)
+            if ledger.sending:
+                self._record_after_send(
+                    f"call {call_ref}: the request was sent but its answer did not come back",
+                    store.mark_unknown,
+                    call_ref,
+                    exc.message,
+                )
             raise
+        except CallStoreUnavailable:
+            raise  # the row is as the failed write left it: queued, or sending (-> unknown later)
         except VonageStudioError as exc:
-            store.mark_rejected(call_ref, exc.status, exc.message)
+            if not ledger.keep_queued:
+                self._record_after_send(
+                    f"call {call_ref}: AI Studio refused it ({exc}; definitely not placed)",
+                    store.mark_rejected,
+                    call_ref,
+                    exc.status,
+                    exc.message,
+                )
             raise
         except BaseException as exc:
-            # Anything else (a bug, a kill signal turned exception) after the row went pending:
-            # we cannot know whether the request left, so the row says so.
-            store.mark_unknown(call_ref, f"{type(exc).__name__} while dialing")
+            # Anything else (a bug, a kill signal turned exception) while the request may have
+            # left: we cannot know whether it did, so the row says so. Before that (in the slot
+            # wait, e.g. the task's execution_timeout) the row stays queued: nothing was sent.
+            if ledger.sending:
+                with contextlib.suppress(Exception):
+                    store.mark_unknown(call_ref, f"{type(exc).__name__} while dialing")
             raise
-        store.mark_placed(call_ref, result.session_id, result.session_start_time)
+        try:
+            self._record_after_send(
+                f"call {call_ref}: placed as session {result.session_id}",
+                store.mark_placed,
+                call_ref,
+                result.session_id,
+                result.session_start_time,
+            )
+        except CallStoreUnavailable as exc:
+            message = (
+                f"call {call_ref} to {redact(result.to)} WAS PLACED by AI Studio (session_id "
+                f"{result.session_id}, session_start_time {result.session_start_time.isoformat()}) but "
+                f"the call store could not record it: {exc.message}. It is not dialed again: a later "
+                "try reports it as unknown. Keep this session id to follow the call up."
+            )
+            self.log.error(message)
+            raise CallPlacedNotRecorded(
+                message,
+                session_id=result.session_id,
+                session_start_time=result.session_start_time.isoformat(),
+            ) from exc
         return result
 
-    def _post_call(self, body: dict[str, Any], *, call_ref: str | None, status_url: str | None) -> CallResult:
+    def _record_after_send(self, what: str, write: Callable[..., None], *args: Any) -> None:
+        """Run a ledger write that follows a request, retrying store outages with back-off for
+        up to ``store_retry_seconds``: what AI Studio answered must not be lost to a blip.
+
+        :raises CallStoreUnavailable: the store stayed unreachable (``what`` says what was lost).
+        """
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        deadline = time.monotonic() + self.store_retry_seconds
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.store.unavailable_as_error(f"after dialing ({what})"):
+                    write(*args)
+                return
+            except CallStoreUnavailable as exc:
+                if not isinstance(exc.__cause__, (OperationalError, InterfaceError)):
+                    raise  # pragma: no cover - unavailable_as_error only wraps these
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self.log.warning(
+                    "The call store failed a write after dialing (attempt %d): %s; retrying in %.1fs",
+                    attempt,
+                    exc.message,
+                    min(delay, left),
+                )
+                self._sleep(min(delay, left))
+                delay = min(delay * 2, 5.0)
+
+    def _post_call(
+        self,
+        body: dict[str, Any],
+        *,
+        call_ref: str | None,
+        status_url: str | None,
+        ledger: _LedgerRow | None = None,
+    ) -> CallResult:
         from airflow_provider_vonage_studio.callbacks.tokens import elide_token
         from airflow_provider_vonage_studio.destinations import redact
 
@@ -606,11 +766,72 @@ class VonageStudioHook(BaseHook):
         # Build the session before taking a slot: its first-use cost (imports, TLS context) would
         # otherwise sit between the slot and the request and squeeze the gap to the next dial.
         self.session  # noqa: B018
+        rate_limited_until = time.monotonic() + self.max_rate_limited_seconds
 
         def attempt() -> requests.Response:
-            if self.pace:
-                self._wait_for_slot(body["agent_id"])
-            return self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
+            while True:
+                sent_at = self._before_send(body["agent_id"], ledger)
+                try:
+                    try:
+                        resp = self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
+                    finally:
+                        # Read at once: the request arrived before this, and the next dial's gate
+                        # counts from it (a later clock reading would only slow everyone down).
+                        answered_at = time.time()
+                except _Retry as exc:
+                    rate_limited = exc.error.status == 429
+                    if sent_at is not None:
+                        # The answer is in: the request no longer counts as on its way. A 429 also
+                        # widens the spacing for every process sharing the store.
+                        self._pace_feedback(
+                            body["agent_id"],
+                            sent_at=sent_at,
+                            answered_at=answered_at,
+                            rate_limited=rate_limited,
+                            narrow=False,
+                            retry_after=exc.retry_after if rate_limited else None,
+                        )
+                    # Definitely not placed: the row goes back to queued before any back-off, so a
+                    # try killed while waiting leaves a call that the next try dials.
+                    if ledger is not None:
+                        ledger.sending = False
+                        self._record_after_send(
+                            f"call {ledger.call_ref}: refused with {exc.error} (not placed)",
+                            self.store.requeue,
+                            ledger.call_ref,
+                            exc.error.status,
+                            exc.error.message,
+                        )
+                    if not (self.pace and rate_limited):
+                        raise
+                    # Under the shared pacer a 429 waits for a new slot and is retried: never given
+                    # up for a count of 429s, only for time.
+                    if time.monotonic() >= rate_limited_until:
+                        if ledger is not None:
+                            ledger.keep_queued = True
+                        raise VonageStudioRateLimited(
+                            f"{exc.error.message}: still refused after {self.max_rate_limited_seconds:g}s of "
+                            "paced retries (max_rate_limited_seconds); the call was not placed and a later "
+                            "try dials it",
+                            429,
+                        ) from None
+                    continue
+                except VonageStudioError as exc:
+                    if sent_at is not None and not isinstance(exc, CallOutcomeUnknown):
+                        # A refusal: answered, so over. (No answer: the store's bound applies.)
+                        self._pace_feedback(
+                            body["agent_id"],
+                            sent_at=sent_at,
+                            answered_at=answered_at,
+                            rate_limited=False,
+                            narrow=False,
+                        )
+                    raise
+                if sent_at is not None:
+                    self._pace_feedback(
+                        body["agent_id"], sent_at=sent_at, answered_at=answered_at, rate_limited=False
+                    )
+                return resp
 
         resp = self._with_retries(attempt, what=f"make-call to {redact(body['to'])}")
         try:
@@ -647,12 +868,102 @@ class VonageStudioHook(BaseHook):
             return f"{cfg.base_url}|key:{fingerprint}"
         return f"{cfg.base_url}|agent:{agent_id}"
 
-    def _wait_for_slot(self, agent_id: str) -> None:
-        interval = 1.0 / self.config.calls_per_second
-        slot = self.store.reserve_slot(self.pacing_key(agent_id), interval)
+    def pacing_interval(self) -> float:
+        """The floor of the spacing between two dials of one pacing key, in seconds:
+        ``(1 / calls_per_second) * (1 + pacing_margin)``. The store widens it after 429s."""
+        cfg = self.config
+        return (1.0 / cfg.calls_per_second) * (1.0 + cfg.pacing_margin)
+
+    def _before_send(self, agent_id: str, ledger: _LedgerRow | None) -> float | None:
+        """Wait for this dial's shared slot, then take leave to send: the row becomes ``sending``.
+
+        Returns the request's ``sent_at`` in the shared pacer (``None`` without the pacer, a
+        testing knob: then only the ledger step is taken).
+        """
+        store = self.store if (self.pace or ledger is not None) else None
+        if store is None:
+            return None
+        doing = "before dialing" if ledger is None else f"before dialing call {ledger.call_ref}"
+        if not self.pace:
+            assert ledger is not None
+            with store.unavailable_as_error(doing):
+
+                def mark_sending() -> tuple[float, float | None]:
+                    store.mark_sending(ledger.call_ref)
+                    return 0.0, None
+
+                self._claim(mark_sending, ledger)
+            return None
+        key, interval = self.pacing_key(agent_id), self.pacing_interval()
+        limit = self.config.calls_per_second
+        with store.unavailable_as_error(doing):
+            slot = store.reserve_slot(key, interval)
         delay = slot - time.time()
         if delay > 0:
             self._sleep(delay)
+        while True:
+            # The gate: a request leaves only once the one `limit` requests back has been answered
+            # a full second ago, so arrival jitter cannot put limit + 1 calls in one window.
+            with store.unavailable_as_error(doing):
+                wait, sent_at = self._claim(
+                    lambda: store.pace_send(
+                        key, interval, limit=limit, call_ref=None if ledger is None else ledger.call_ref
+                    ),
+                    ledger,
+                )
+            if wait <= 0:
+                return sent_at
+            self._sleep(wait)
+
+    def _claim(
+        self, step: Callable[[], tuple[float, float | None]], ledger: _LedgerRow | None
+    ) -> tuple[float, float | None]:
+        """Run the ledger's queued -> sending step; a row no longer queued is another try's."""
+        from airflow_provider_vonage_studio.store import CallStateConflict
+
+        try:
+            wait, sent_at = step()
+        except CallStateConflict as exc:
+            raise CallOutcomeUnknown(
+                f"{exc.message}: another try of this call is dialing it (or has finished), so this "
+                "one does not send it"
+            ) from None
+        if ledger is not None and wait <= 0:
+            ledger.sending = True
+        return wait, sent_at
+
+    def _pace_feedback(
+        self,
+        agent_id: str,
+        *,
+        sent_at: float,
+        answered_at: float,
+        rate_limited: bool,
+        narrow: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        """Tell the shared pacer the request was answered (a 429 widens the spacing for everyone,
+        an accepted call narrows it back)."""
+        try:
+            factor = self.store.pace_feedback(
+                self.pacing_key(agent_id),
+                self.pacing_interval(),
+                rate_limited=rate_limited,
+                sent_at=sent_at,
+                answered_at=answered_at,
+                narrow=narrow,
+                retry_after=retry_after,
+            )
+        except Exception as exc:  # adapting is best effort: it must never fail a placed call
+            self.log.warning("Could not update the shared pacing state: %s", type(exc).__name__)
+            return
+        if rate_limited:
+            self.log.warning(
+                "Spacing of agent %s widened to %.2fx the floor (%.3fs) after a 429",
+                agent_id,
+                factor,
+                factor * self.pacing_interval(),
+            )
 
     # -- HTTP plumbing --------------------------------------------------------------------------
 
@@ -1167,6 +1478,15 @@ def _retry_after(resp: requests.Response) -> float | None:
         except (TypeError, ValueError):
             return None
         return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _seconds(value: Any, field: str) -> float:
+    """A hook argument that is a finite number of seconds >= 0 (and at most a day)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VonageStudioConfigError(f"{field}: expected a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and 0 <= value <= 86400):
+        raise VonageStudioConfigError(f"{field}: expected 0..86400 seconds, got {value!r}")
+    return float(value)
 
 
 def _reason(exc: Exception) -> str:

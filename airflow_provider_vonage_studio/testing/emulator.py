@@ -558,13 +558,15 @@ class Emulator:
     ``{"data": <body>}``, ``("data", "result")`` answers ``{"data": {"result": <body>}}``;
     ``None``, the default, wraps nothing). ``scripts``: destination -> outcome to start with.
 
-    Rate limit: a call is refused with 429 when ``calls_per_second`` calls were already
-    accepted for the same agent within the trailing ``1.0 - rate_tolerance`` seconds. The
-    tolerance exists because of arrival jitter: a client that correctly spaces its calls
-    1.000 s apart can still see them *arrive* 0.998 s apart over loopback (scheduling,
-    Nagle, GC pauses), and a strict 1.0 s window would then refuse a well-behaved client
-    at random. 5 % keeps the emulator strict against real overruns (two calls in the same
-    instant) while never flaking on jitter.
+    Rate limit: strict by default, exactly as documented ("any call made over the limit will
+    fail and return a 429"): a call is refused with 429 when ``calls_per_second`` calls were
+    already accepted for the same agent within the trailing 1.0 s (a sliding window over the
+    arrival times of accepted calls; refused calls do not count). A client must leave its own
+    margin for arrival jitter: calls spaced exactly ``1 / calls_per_second`` apart by the
+    client can *arrive* a few milliseconds closer together and are then refused.
+    ``rate_tolerance`` (default 0) shortens the window to ``1.0 - rate_tolerance`` seconds: an
+    explicit opt-in for users' own tests against a forgiving limiter; the provider's
+    benchmarks and guarantee tests never set it.
 
     Thread-safe: the server runs in its own thread; every method may be called from any
     thread. Raises :class:`EmulatorConfigError` for malformed settings.
@@ -576,7 +578,7 @@ class Emulator:
         api_keys: str | Iterable[str] = ("test-key",),
         agents: str | Iterable[str] | Mapping[str, AgentConfig | None] = ("agent-1",),
         calls_per_second: int = 1,
-        rate_tolerance: float = 0.05,
+        rate_tolerance: float = 0.0,
         retry_after: int | None = None,
         callback_delay: float = 0.2,
         insights_index_delay: float = 0.5,
@@ -1601,7 +1603,12 @@ def _argument_parser() -> argparse.ArgumentParser:
         f"Prefer ${KEYS_ENV} for real-looking keys: arguments are visible to every user in ps",
     )
     parser.add_argument("--calls-per-second", type=int, default=1, help="per-agent limit (default 1)")
-    parser.add_argument("--rate-tolerance", type=float, default=0.05, help="rate window slack (default 0.05)")
+    parser.add_argument(
+        "--rate-tolerance",
+        type=float,
+        default=0.0,
+        help="opt-in slack: shorten the 1 s rate window by this many seconds (default 0: strict)",
+    )
     parser.add_argument("--retry-after", type=int, default=None, help="Retry-After seconds on 429")
     parser.add_argument(
         "--script",

@@ -8,7 +8,7 @@ as a worker crash would:
     The batch dialing loop of ``MakeCallsOperator`` (``plan_recipients`` + ``BatchDialer.run``)
     for the recipients in a JSON file; the final report is written to ``--results``. Pacing is
     off (``VonageStudioHook(pace=False)``, the hook's testing knob) so that 1,000 calls against
-    an emulator with a lifted limit take seconds, not minutes.
+    an emulator with a lifted limit take seconds, not minutes; ``--pace`` turns it on.
 ``mapped``
     ``MakeCallOperator.execute`` for several mapped task instances (``--map-indexes``), one
     after another, as a worker running mapped tasks would: paced through the shared store.
@@ -47,7 +47,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     recipients = json.loads(Path(args.recipients).read_text())
     store = CallStore(args.store_url)
-    hook = VonageStudioHook(store=store, pace=False, retry_backoff=0.01, timeout=args.timeout)
+    hook = VonageStudioHook(store=store, pace=args.pace, retry_backoff=0.01, timeout=args.timeout)
     dialer = BatchDialer(
         hook, args.agent, dag_id=args.dag_id, run_id=args.run_id, task_id="dial", progress_interval=2.0
     )
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--dag-id", default="fault_dag")
     batch.add_argument("--run-id", default="manual__fault")
     batch.add_argument("--timeout", type=float, default=30.0)
+    batch.add_argument("--pace", action="store_true", help="pace through the shared store (off by default)")
     mapped = sub.add_parser("mapped")
     mapped.add_argument("--map-indexes", type=int, nargs="+", required=True)
     mapped.add_argument("--to", nargs="+", required=True)

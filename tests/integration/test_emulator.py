@@ -256,11 +256,39 @@ def test_rate_limit_per_agent(
     assert second.json() == error_body(429, "Too Many Requests")
     assert "Retry-After" not in second.headers
     assert other_agent.status_code == 200
-    # Past the 0.95 s window (1 s minus the default 5 % tolerance) the agent may call again:
-    # a correctly paced client whose arrivals jitter a little early is not refused.
+    # Strict by default: 0.97 s after the accepted call is still inside its 1 s window...
     time.sleep(max(0.0, emulator.calls[0].monotonic + 0.97 - time.monotonic()))
+    assert make_call(http, emulator).status_code == 429
+    # ...and a full second after it the agent may call again.
+    time.sleep(max(0.0, emulator.calls[0].monotonic + 1.0 - time.monotonic()))
     assert make_call(http, emulator).status_code == 200
     assert len(emulator.calls) == 3
+
+
+def test_rate_limit_is_a_sliding_one_second_window(
+    http: requests.Session, vonage_studio_emulator_factory: EmulatorFactory
+) -> None:
+    emulator = vonage_studio_emulator_factory(calls_per_second=3)
+    assert [make_call(http, emulator).status_code for _ in range(3)] == [200, 200, 200]
+    first = emulator.calls[0].monotonic
+    # Not a fixed per-second bucket: until the first call is 1 s old, all three slots are taken.
+    time.sleep(max(0.0, first + 0.9 - time.monotonic()))
+    assert make_call(http, emulator).status_code == 429
+    time.sleep(max(0.0, first + 1.0 - time.monotonic()))
+    assert make_call(http, emulator).status_code == 200
+    # Any four accepted calls span at least the full second.
+    gaps = [b.monotonic - a.monotonic for a, b in zip(emulator.calls, emulator.calls[3:], strict=False)]
+    assert min(gaps) >= 1.0
+
+
+def test_rate_tolerance_is_an_explicit_opt_in(
+    http: requests.Session, vonage_studio_emulator_factory: EmulatorFactory
+) -> None:
+    assert vonage_studio_emulator_factory().rate_tolerance == 0.0
+    emulator = vonage_studio_emulator_factory(calls_per_second=1, rate_tolerance=0.05)
+    assert make_call(http, emulator).status_code == 200
+    time.sleep(max(0.0, emulator.calls[0].monotonic + 0.97 - time.monotonic()))
+    assert make_call(http, emulator).status_code == 200  # inside 1 s, outside 0.95 s
 
 
 def test_rate_limit_per_agent_override_and_retry_after(

@@ -170,7 +170,7 @@ def test_sigkill_five_times_never_dials_anyone_twice(tmp_path: Path) -> None:
         assert result["session_id"] == call.session_id, context
     # The ledger agrees with the emulator, row for row.
     assert set(rows) == set(NUMBERS), context
-    assert {row.state.value for row in rows.values()} <= {"placed", "unknown"}, context  # no pending left
+    assert {row.state.value for row in rows.values()} <= {"placed", "unknown"}, context  # none left sending
     for to, row in rows.items():
         if row.state.value == "placed":
             assert [c.session_id for c in calls_by_to[to]] == [row.session_id], (to, context)
@@ -267,13 +267,14 @@ def test_read_timeouts_end_unknown_and_are_never_sent_again(unpaced) -> None:
 
 
 def test_a_try_killed_mid_dial_leaves_unknown_not_a_redial(unpaced) -> None:
-    """The relabel of a stale 'pending' row, without a process kill: the row the killed try
-    wrote before its request (which did reach the API) is reported unknown, never re-sent."""
+    """The relabel of a stale 'sending' row, without a process kill: the row the killed try
+    marked just before its request (which did reach the API) is reported unknown, never re-sent."""
     emulator, store = unpaced
     dialer = _dialer(store)
     plan = plan_recipients(NUMBERS[:3])
     ref = dialer.call_ref_for(plan[1])
     store.begin_call(ref, agent_id=AGENT, destination=NUMBERS[1], dag_id="fault_dag", run_id="manual__faults")
+    store.mark_sending(ref)
     report = dialer.run(plan)
     assert [r.result.value for r in report.results] == ["placed", "unknown", "placed"]
     assert "ended while this call was being dialed" in (report.results[1].reason or "")

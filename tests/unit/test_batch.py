@@ -222,9 +222,11 @@ def test_would_dial_agrees_with_the_hook(hook, requests_mock, first_answer, redi
     assert (requests_mock.call_count > before) is predicted
 
 
-def test_pending_rows_count_as_unknown_for_the_rule(hook, requests_mock):
+def test_sending_rows_count_as_unknown_for_the_rule(hook, requests_mock):
     requests_mock.post(URL, json=OK)
-    _, record = hook.store.begin_call("vs-pending", agent_id="agent-1", destination="447700900123")
+    hook.store.begin_call("vs-pending", agent_id="agent-1", destination="447700900123")
+    hook.store.mark_sending("vs-pending")
+    record = hook.store.get_call("vs-pending")
     assert would_dial(record, False) is False
     with pytest.raises(CallOutcomeUnknown):
         hook.make_call("447700900123", "agent-1", call_ref="vs-pending")

@@ -400,10 +400,11 @@ def test_unknown_call_is_not_redialed_unless_asked(hook, requests_mock):
     assert result.session_id == OK["session_id"]
 
 
-def test_stale_pending_is_not_redialed(hook, requests_mock):
+def test_stale_sending_is_not_redialed(hook, requests_mock):
     requests_mock.post(URL, json=OK)
     hook.store.begin_call("vs-ref-4", agent_id="agent-1", destination="9725411116037")
-    with pytest.raises(CallOutcomeUnknown, match="pending"):
+    hook.store.mark_sending("vs-ref-4")  # a try killed while its request was on the way
+    with pytest.raises(CallOutcomeUnknown, match="sending"):
         hook.make_call("9725411116037", "agent-1", call_ref="vs-ref-4")
     assert requests_mock.call_count == 0
     # The ledger now says what the retry found: a dial whose outcome nobody recorded.

@@ -103,7 +103,7 @@ def test_tables_and_version_row(store: CallStore, raw_engine: sa.engine.Engine) 
     } <= names
     with raw_engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT version FROM vonage_studio_schema_version")).all()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert [tuple(row) for row in rows] == [(SCHEMA_VERSION,)]
 
 
@@ -190,7 +190,7 @@ def test_begin_call_creates_then_finds(store: CallStore) -> None:
         recipient_key="alice",
     )
     assert created
-    assert record.state is CallState.PENDING
+    assert record.state is CallState.QUEUED
     assert (record.dag_id, record.run_id, record.task_id, record.map_index) == ("dag", "run", "task", 3)
     assert record.recipient_key == "alice"
     assert record.session_id is None and record.status is None
@@ -242,9 +242,10 @@ def test_state_transitions(store: CallStore) -> None:
     store.restart_call("vs-unknown")
     restarted = store.get_call("vs-unknown")
     assert restarted is not None
-    assert (restarted.state, restarted.error_message) == (CallState.PENDING, None)
+    assert (restarted.state, restarted.error_message) == (CallState.QUEUED, None)
     assert restarted.updated_at >= unknown.updated_at
-    store.restart_call("vs-unknown")  # a stale pending call may be restarted too
+    store.mark_sending("vs-unknown")
+    store.restart_call("vs-unknown")  # a stale sending call may be restarted too
     store.mark_placed("vs-unknown", "s-2", started)
     assert store.get_call("vs-unknown").state is CallState.PLACED  # type: ignore[union-attr]
 
@@ -282,7 +283,7 @@ def test_get_calls_for_many_refs_in_few_queries(
             "call_ref": f"vs-{i:05d}",
             "agent_id": AGENT,
             "destination": NUMBER,
-            "state": "pending",
+            "state": "queued",
             "map_index": i,
             "created_at": now,
             "updated_at": now,
@@ -363,7 +364,7 @@ def test_record_status_outcomes(store: CallStore) -> None:
         "conversation_uuid": "CON-1",
         "status": "busy",
     }
-    assert call.state is CallState.PENDING  # statuses do not touch the ledger state
+    assert call.state is CallState.QUEUED  # statuses do not touch the ledger state
 
     assert _status(store, "vs-1", "busy", timestamp=sent) is RecordOutcome.DUPLICATE
     assert _status(store, "vs-1", "timeout") is RecordOutcome.HISTORY
@@ -616,7 +617,7 @@ def test_restart_with_expected_is_compare_and_set(store):
     seen = store.get_call("vs-cas")
     assert seen is not None
     store.restart_call("vs-cas", expected=seen)  # a rejected row may be restarted on purpose
-    assert store.get_call("vs-cas").state is CallState.PENDING  # type: ignore[union-attr]
+    assert store.get_call("vs-cas").state is CallState.QUEUED  # type: ignore[union-attr]
     with pytest.raises(CallStateConflict):
         store.restart_call("vs-cas", expected=seen)  # a second redial based on the same view loses
 

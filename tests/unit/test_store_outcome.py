@@ -32,11 +32,18 @@ T0 = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 def _v1_metadata() -> sa.MetaData:
     """The tables exactly as the version-1 code created them (``vonage_studio_calls`` without
-    ``outcome``/``outcome_at``; the other tables did not change)."""
+    ``outcome``/``outcome_at``, the pacing slots without the version-3 columns; the other
+    tables did not change)."""
     v1 = sa.MetaData()
     for table in metadata.sorted_tables:
-        if table.name != calls_table.name:
+        if table.name not in (calls_table.name, "vonage_studio_pacing_slots"):
             table.to_metadata(v1)
+    sa.Table(
+        "vonage_studio_pacing_slots",
+        v1,
+        sa.Column("key", sa.String(255), primary_key=True),
+        sa.Column("next_at", sa.Float, nullable=False),
+    )
     sa.Table(
         "vonage_studio_calls",
         v1,
@@ -122,7 +129,7 @@ def _begin(store: CallStore, ref: str) -> None:
 
 
 def test_v1_store_is_upgraded_in_place(v1_store_url: str, raw_engine: sa.engine.Engine) -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert "outcome" not in _columns(raw_engine)
     store = CallStore(v1_store_url)
     try:
@@ -131,7 +138,7 @@ def test_v1_store_is_upgraded_in_place(v1_store_url: str, raw_engine: sa.engine.
         assert (old.state, old.status, old.session_start_time) == ("placed", "busy", T0)
         assert old.outcome is None and old.outcome_at is None
         assert {"outcome", "outcome_at"} <= _columns(raw_engine)
-        assert _version(raw_engine) == 2
+        assert _version(raw_engine) == SCHEMA_VERSION
         # The upgraded store works for old and new rows alike.
         store.record_outcome("vs-old", "busy")
         _begin(store, "vs-new")
@@ -148,14 +155,14 @@ def test_v1_store_is_upgraded_in_place(v1_store_url: str, raw_engine: sa.engine.
         assert again.get_call("vs-old").outcome == "busy"  # type: ignore[union-attr]
     finally:
         again.dispose()
-    assert _version(raw_engine) == 2
+    assert _version(raw_engine) == SCHEMA_VERSION
     with raw_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM vonage_studio_schema_version")).scalar() == 1
 
 
 def test_migration_is_safe_when_many_processes_open_the_store_at_once(v1_store_url: str) -> None:
     """Separate stores (engines, connections) racing to upgrade: one migrates, the others wait and
-    find version 2 (advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite)."""
+    find the current version (advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite)."""
     count = 4
     barrier = threading.Barrier(count)
     errors: list[BaseException] = []
@@ -188,21 +195,21 @@ def test_migration_tolerates_a_column_already_there(v1_store_url: str, raw_engin
     finally:
         store.dispose()
     assert {"outcome", "outcome_at"} <= _columns(raw_engine)
-    assert _version(raw_engine) == 2
+    assert _version(raw_engine) == SCHEMA_VERSION
 
 
-def test_new_store_is_created_at_v2(store: CallStore, raw_engine: sa.engine.Engine) -> None:
+def test_new_store_is_created_at_the_current_version(store: CallStore, raw_engine: sa.engine.Engine) -> None:
     store.get_call("x")
     assert {"outcome", "outcome_at"} <= _columns(raw_engine)
-    assert _version(raw_engine) == 2
+    assert _version(raw_engine) == SCHEMA_VERSION
 
 
 def test_store_newer_than_the_code_is_still_refused(v1_store_url: str, raw_engine: sa.engine.Engine) -> None:
     with raw_engine.begin() as conn:
-        conn.execute(sa.text("UPDATE vonage_studio_schema_version SET version = 3"))
+        conn.execute(sa.text("UPDATE vonage_studio_schema_version SET version = 4"))
     store = CallStore(v1_store_url)
     try:
-        with pytest.raises(StoreSchemaTooNew, match=r"schema version 3, newer .*\(2\)"):
+        with pytest.raises(StoreSchemaTooNew, match=r"schema version 4, newer .*\(3\)"):
             store.get_call("vs-old")
     finally:
         store.dispose()
