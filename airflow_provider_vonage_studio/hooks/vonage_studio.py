@@ -1257,7 +1257,8 @@ def parse_parameters_body(data: Any) -> dict[str, str]:
     """Session parameters from an undocumented body. Accepted, and nothing else:
 
     1. a list of ``{"name": ..., "value": ...}`` objects;
-    2. an object of parameter name -> scalar value (``{"CONFIRMED": "yes"}``);
+    2. an object of parameter name -> scalar value (``{"CONFIRMED": "yes"}``), without a
+       ``value`` key (that is one parameter's record, e.g. ``{"CONFIRMED": {"value": "yes"}}``);
     3. an object holding exactly one list or object of form 1 or 2 beside any number of
        scalar keys (metadata): ``{"session_id": "...", "parameters": [...]}``;
     4. any of these inside up to :data:`INSIGHTS_MAX_WRAPPERS` nested single-key objects
@@ -1302,6 +1303,10 @@ def _parameters_container(data: Any) -> dict[str, str] | None:
             return {str(item["name"]): _str(item.get("value")) for item in data}
         return None
     if isinstance(data, Mapping) and all(_is_scalar(value) for value in data.values()):
+        if "value" in data:
+            # One parameter's record ({"CONFIRMED": {"value": "yes"}} seen through its key), not
+            # the parameters: AI Studio's names are capitals, never "value".
+            return None
         return {str(key): _str(value) for key, value in data.items()}
     return None
 

@@ -174,6 +174,19 @@ def test_parameters_beside_metadata_and_inside_wrappers(hook, requests_mock, bod
             id="two-lists-inside-a-wrapper",
         ),
         pytest.param(
+            {"CONFIRMED": {"value": PII, "type": "string"}},
+            "inside CONFIRMED: object with keys value: str, type: str",
+            id="one-parameter-record-by-name",
+        ),
+        pytest.param(
+            {"session_id": PII, "parameters": {"name": "CONFIRMED", "value": PII}},
+            "session_id: str, parameters: dict",
+            id="one-name-value-record-beside-metadata",
+        ),
+        pytest.param(
+            {"name": "CONFIRMED", "value": PII}, "object with keys name: str, value: str", id="bare-record"
+        ),
+        pytest.param(
             {"a": {"b": {"c": {"d": {"session_id": PII, "parameters": PARAMS}}}}},
             "inside a.b.c: object with keys d: dict (looked through at most 3 wrappers)",
             id="four-wrappers",
