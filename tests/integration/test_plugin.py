@@ -254,3 +254,18 @@ def test_plugin_receiver_reads_the_configured_connection(monkeypatch):
     plugins.LazyReceiverApp(outcome_view="off").app  # noqa: B018
     plugins.LazyReceiverApp(outcome_view="off", conn_id="explicit").app  # noqa: B018
     assert [kwargs["conn_id"] for kwargs in seen] == ["vs_callbacks", "vonage_studio_default", "explicit"]
+
+
+def test_plugin_receiver_reads_callback_max_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[vonage_studio] callback_max_age reaches the receiver in the API server; a bad value fails loudly."""
+    from datetime import timedelta
+
+    from airflow_provider_vonage_studio import plugins
+    from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
+
+    monkeypatch.setenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE", "1800")
+    app = plugins.LazyReceiverApp(outcome_view="off").app
+    assert app.state.callback_max_age == timedelta(minutes=30)  # type: ignore[attr-defined]
+    monkeypatch.setenv("AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE", "nan")
+    with pytest.raises(VonageStudioConfigError, match=r"\[vonage_studio\] callback_max_age"):
+        plugins.LazyReceiverApp(outcome_view="off").app  # noqa: B018
