@@ -851,9 +851,12 @@ class CallStore:
         * the call's first status → it becomes ``calls.status`` (with ``status_at`` =
           ``timestamp`` or the time received, ``conversation_uuid`` and the payload) and
           goes to the history → ``RECORDED``;
-        * a different, later status → history only → ``HISTORY`` (the first one wins).
+        * a different, later status → history only → ``HISTORY`` (the first one wins);
+        * the call already has :data:`MAX_STATUS_HISTORY` statuses → ``HISTORY_FULL``,
+          nothing written.
 
-        A naive ``timestamp`` is taken as UTC. Raises :class:`VonageStudioConfigError` when
+        No placed-only or age rule applies here (see :meth:`record_statuses`, which the
+        receiver uses). A naive ``timestamp`` is taken as UTC. Raises :class:`VonageStudioConfigError` when
         ``status`` is empty or ``status``/``conversation_uuid`` are longer than the store
         keeps (64 / 255 characters).
         """
