@@ -1511,18 +1511,24 @@ def _normalized_numbers(numbers: Any, default_country: str | None) -> frozenset[
     :raises VonageStudioConfigError: naming ``extra_do_not_call``, for a list of the wrong
         type or an entry that is not a possible number or SIP URI (nothing is dialed).
     """
-    from airflow_provider_vonage_studio.destinations import split_number_list
-
-    # Splitting is cheap and loads no metadata; normalising is cached, as a batch checks the
-    # same list before every dial.
-    return _normalized_entries(split_number_list(numbers, field="extra_do_not_call"), default_country)
+    # Cached on the list as given: a batch passes the same list before every dial, and even
+    # splitting a long list again would cost more per dial than the pacing gap allows.
+    key = tuple(numbers) if isinstance(numbers, list) else numbers
+    try:
+        return _normalized_cached(key, default_country)
+    except TypeError:  # unhashable (a mapping, a list holding lists): refused below, uncached
+        return _normalize_numbers(numbers, default_country)
 
 
 @lru_cache(maxsize=16)
-def _normalized_entries(entries: tuple[str, ...], default_country: str | None) -> frozenset[str]:
+def _normalized_cached(numbers: Any, default_country: str | None) -> frozenset[str]:
+    return _normalize_numbers(numbers, default_country)
+
+
+def _normalize_numbers(numbers: Any, default_country: str | None) -> frozenset[str]:
     from airflow_provider_vonage_studio.destinations import parse_number_list
 
-    return frozenset(parse_number_list(entries, field="extra_do_not_call", default_country=default_country))
+    return frozenset(parse_number_list(numbers, field="extra_do_not_call", default_country=default_country))
 
 
 def _result_from_record(record: CallRecord, status_url: str | None) -> CallResult:
