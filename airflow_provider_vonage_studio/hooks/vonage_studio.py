@@ -348,8 +348,10 @@ class VonageStudioHook(BaseHook):
         )
         self.retry_backoff = check_seconds(retry_backoff, field="retry_backoff", maximum=MAX_RETRY_BACKOFF)
         self.pace = pace
-        self.max_rate_limited_seconds = _seconds(max_rate_limited_seconds, "max_rate_limited_seconds")
-        self.store_retry_seconds = _seconds(store_retry_seconds, "store_retry_seconds")
+        self.max_rate_limited_seconds = check_seconds(
+            max_rate_limited_seconds, field="max_rate_limited_seconds"
+        )
+        self.store_retry_seconds = check_seconds(store_retry_seconds, field="store_retry_seconds")
         self.rate_limited_count = 0
         # Indirection so tests can observe the waits without sleeping.
         self._sleep: Callable[[float], None] = time.sleep
@@ -1483,15 +1485,6 @@ def _retry_after(resp: requests.Response) -> float | None:
         except (TypeError, ValueError):
             return None
         return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def _seconds(value: Any, field: str) -> float:
-    """A hook argument that is a finite number of seconds >= 0 (and at most a day)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise VonageStudioConfigError(f"{field}: expected a number of seconds, got {type(value).__name__}")
-    if not (math.isfinite(value) and 0 <= value <= 86400):
-        raise VonageStudioConfigError(f"{field}: expected 0..86400 seconds, got {value!r}")
-    return float(value)
 
 
 def _reason(exc: Exception) -> str:

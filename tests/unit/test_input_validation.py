@@ -269,6 +269,9 @@ def test_hook_timeout_argument_is_checked_at_construction(timeout: Any) -> None:
         ({"retry_backoff": 3600}, "retry_backoff"),
         ({"max_attempts": True}, "max_attempts"),
         ({"max_attempts": 0}, "max_attempts"),
+        ({"max_rate_limited_seconds": math.inf}, "max_rate_limited_seconds"),
+        ({"store_retry_seconds": True}, "store_retry_seconds"),
+        ({"store_retry_seconds": 2 * 86400}, "store_retry_seconds"),
     ],
 )
 def test_hook_retry_arguments_are_checked(kwargs: dict[str, Any], field: str) -> None:
