@@ -1,0 +1,191 @@
+"""The store's shared pacer: the send gate, AIMD widening and narrowing, and the schema-3 upgrade.
+
+On SQLite and PostgreSQL (``store`` / ``store_url`` fixtures); ``now`` is passed explicitly so
+nothing here waits or depends on the wall clock.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_provider_vonage_studio.exceptions import UnknownCall, VonageStudioConfigError
+from airflow_provider_vonage_studio.store import (
+    PACING_MAX_FACTOR,
+    PACING_NARROW_STEP,
+    PACING_WIDEN,
+    SCHEMA_VERSION,
+    CallState,
+    CallStateConflict,
+    CallStore,
+    calls_table,
+    metadata,
+)
+
+KEY = "https://studio.test|agent:agent-1"
+T = 1_700_000_000.0
+
+
+def test_the_gate_waits_for_the_answer_to_the_request_limit_back(store: CallStore) -> None:
+    # One call per second: the second request may leave a second after the first was answered,
+    # not a second after it left (it may have arrived any time before its answer).
+    assert store.pace_send(KEY, 1.0, limit=1, now=T) == (0.0, T)
+    wait, sent = store.pace_send(KEY, 1.0, limit=1, now=T + 0.5)
+    assert sent is None and 0 < wait <= 0.05  # the answer is not in yet: look again soon
+    store.pace_feedback(KEY, 1.0, rate_limited=False, sent_at=T, answered_at=T + 0.2, now=T + 0.3)
+    wait, sent = store.pace_send(KEY, 1.0, limit=1, now=T + 1.1)
+    assert sent is None and wait == pytest.approx(0.1, abs=1e-5)
+    assert store.pace_send(KEY, 1.0, limit=1, now=T + 1.2) == (0.0, T + 1.2)
+
+
+def test_an_answer_never_reported_counts_as_over_after_a_window(store: CallStore) -> None:
+    assert store.pace_send(KEY, 1.0, limit=1, now=T)[0] == 0.0
+    # The dialer was killed mid-request: nobody reports its answer; the others go on.
+    assert store.pace_send(KEY, 1.0, limit=1, now=T + 1.9)[0] > 0
+    assert store.pace_send(KEY, 1.0, limit=1, now=T + 2.0) == (0.0, T + 2.0)
+
+
+def test_the_gate_allows_limit_requests_per_window(store: CallStore) -> None:
+    for i in range(3):
+        assert store.pace_send(KEY, 1 / 3, limit=3, now=T + i * 0.01)[0] == 0.0
+        store.pace_feedback(KEY, 1 / 3, rate_limited=False, sent_at=T + i * 0.01, now=T + i * 0.01 + 0.005)
+    # A fourth within the second after the first one's answer: refused; after it: allowed.
+    assert store.pace_send(KEY, 1 / 3, limit=3, now=T + 0.9)[0] == pytest.approx(0.105, abs=1e-5)
+    assert store.pace_send(KEY, 1 / 3, limit=3, now=T + 1.005)[0] == 0.0
+
+
+def test_leave_to_send_and_the_sending_mark_are_one_step(store: CallStore) -> None:
+    store.begin_call("vs-gate", agent_id="agent-1", destination="447700900123")
+    assert store.pace_send(KEY, 1.0, call_ref="vs-gate", now=T)[0] == 0.0
+    assert store.get_call("vs-gate").state is CallState.SENDING  # type: ignore[union-attr]
+    # A row that is not queued (another try is sending it) gets no leave, and no send is recorded.
+    with pytest.raises(CallStateConflict, match="cannot start sending"):
+        store.pace_send("other-key", 1.0, call_ref="vs-gate", now=T)
+    assert store.pacing_state("other-key") is None
+    with pytest.raises(UnknownCall):
+        store.pace_send(KEY, 1.0, call_ref="vs-nope", now=T + 5)
+    store.requeue("vs-gate", 429, "Too Many Requests")
+    record = store.get_call("vs-gate")
+    assert record is not None and (record.state, record.error_status) == (CallState.QUEUED, 429)
+    with pytest.raises(CallStateConflict):
+        store.requeue("vs-gate")  # only a sending row goes back to queued
+    store.mark_sending("vs-gate")
+    with pytest.raises(CallStateConflict):
+        store.mark_sending("vs-gate")  # of two processes holding the queued row, one wins
+
+
+def test_a_429_widens_the_spacing_for_everyone_and_success_narrows_it(store_url: str) -> None:
+    first, second = CallStore(store_url), CallStore(store_url)  # two dialing processes
+    try:
+        assert first.reserve_slot(KEY, 1.0, now=T) == T
+        factor = first.pace_feedback(KEY, 1.0, rate_limited=True, now=T + 0.5)
+        assert factor == PACING_WIDEN
+        # The other process's next slot is pushed out and spaced by the widened interval.
+        slot = second.reserve_slot(KEY, 1.0, now=T + 0.6)
+        assert slot == pytest.approx(T + 0.5 + PACING_WIDEN, abs=1e-5)
+        assert second.reserve_slot(KEY, 1.0, now=T + 0.6) == pytest.approx(slot + PACING_WIDEN, abs=1e-5)
+        # 429s of calls already in flight within the same spacing count once.
+        assert second.pace_feedback(KEY, 1.0, rate_limited=True, now=T + 0.7) == PACING_WIDEN
+        # Sustained success narrows it back to the floor, never below.
+        narrowed = [second.pace_feedback(KEY, 1.0, rate_limited=False, now=T + 10 + i) for i in range(12)]
+        assert narrowed[0] == pytest.approx(PACING_WIDEN - PACING_NARROW_STEP, abs=1e-5)
+        assert narrowed[-1] == 1.0
+        # An answer that is neither (a 503) leaves the factor alone.
+        first.pace_feedback(KEY, 1.0, rate_limited=True, now=T + 30)
+        assert first.pace_feedback(KEY, 1.0, rate_limited=False, narrow=False, now=T + 31) == PACING_WIDEN
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_widening_is_capped_and_honours_retry_after(store: CallStore) -> None:
+    factor = 1.0
+    for i in range(20):
+        factor = store.pace_feedback(KEY, 1.0, rate_limited=True, now=T + i * 100)
+    assert factor == PACING_MAX_FACTOR
+    store.pace_feedback("k2", 0.2, rate_limited=True, retry_after=7.0, now=T)
+    state = store.pacing_state("k2")
+    assert state is not None and state.next_at == pytest.approx(T + 7.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
+def test_pacer_arguments_are_checked(store: CallStore, bad: float) -> None:
+    with pytest.raises(VonageStudioConfigError, match="interval_seconds"):
+        store.pace_send(KEY, bad)
+    with pytest.raises(VonageStudioConfigError, match="retry_after"):
+        store.pace_feedback(KEY, 1.0, rate_limited=True, retry_after=bad)
+    with pytest.raises(VonageStudioConfigError, match="window"):
+        store.pace_send(KEY, 1.0, window=bad)
+    with pytest.raises(VonageStudioConfigError, match="limit"):
+        store.pace_send(KEY, 1.0, limit=True)  # type: ignore[arg-type]
+    with pytest.raises(VonageStudioConfigError, match="limit"):
+        store.pace_send(KEY, 1.0, limit=0)
+
+
+# ----------------------------------------------------------------------------- schema 3
+
+
+def _v2_metadata() -> sa.MetaData:
+    """The tables as version 2 created them: pacing slots without the version-3 columns."""
+    v2 = sa.MetaData()
+    for table in metadata.sorted_tables:
+        if table.name != "vonage_studio_pacing_slots":
+            table.to_metadata(v2)
+    sa.Table(
+        "vonage_studio_pacing_slots",
+        v2,
+        sa.Column("key", sa.String(255), primary_key=True),
+        sa.Column("next_at", sa.Float, nullable=False),
+    )
+    return v2
+
+
+def test_a_v2_store_is_upgraded_pending_becomes_sending(store_url: str) -> None:
+    raw = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
+    now = datetime.now(timezone.utc)
+    v2 = _v2_metadata()
+    with raw.begin() as conn:
+        v2.create_all(conn)
+        for ref, state in (("vs-pending", "pending"), ("vs-placed", "placed")):
+            conn.execute(
+                v2.tables[calls_table.name]
+                .insert()
+                .values(
+                    call_ref=ref,
+                    agent_id="agent-1",
+                    destination="447700900123",
+                    state=state,
+                    map_index=-1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        conn.execute(v2.tables["vonage_studio_pacing_slots"].insert().values(key=KEY, next_at=T))
+        conn.execute(v2.tables["vonage_studio_schema_version"].insert().values(id=1, version=2))
+    store = CallStore(store_url)
+    try:
+        # A pending row may or may not have been sent: it reads as sending, never as queued.
+        assert store.get_call("vs-pending").state is CallState.SENDING  # type: ignore[union-attr]
+        assert store.get_call("vs-placed").state is CallState.PLACED  # type: ignore[union-attr]
+        with raw.connect() as conn:
+            assert conn.execute(sa.text("SELECT version FROM vonage_studio_schema_version")).scalar() == 3
+            states = set(conn.execute(sa.text("SELECT state FROM vonage_studio_calls")).scalars())
+        assert states == {"sending", "placed"}
+        assert SCHEMA_VERSION == 3
+        # The old pacing row (no factor, no recent requests) works as before.
+        assert store.reserve_slot(KEY, 1.0, now=T - 5) == T
+        assert store.pace_send(KEY, 1.0, now=T + 2) == (0.0, T + 2)
+        state = store.pacing_state(KEY)
+        assert state is not None and state.factor == 1.0 and state.next_at == T + 1.0
+    finally:
+        store.dispose()
+        raw.dispose()
+
+
+def test_pending_is_still_importable_as_an_alias() -> None:
+    assert CallState.PENDING is CallState.SENDING
+    assert CallState("pending") is CallState.SENDING
+    assert [s.value for s in CallState] == ["queued", "sending", "placed", "rejected", "unknown"]
