@@ -1165,7 +1165,7 @@ class CallStore:
                 wait = over + window * _factor(None if row is None else row.factor) - current
                 if wait > 0:
                     # Waiting on an answer not reported yet: look again soon, it may come any moment.
-                    return (min(wait, 0.05) if done is None else wait), None
+                    return (min(wait, 0.01) if done is None else wait), None
             recent = [*recent, [current, None]][-limit:]
             if row is None:
                 conn.execute(
@@ -1269,21 +1269,25 @@ class CallStore:
         """The pacing row of ``key``, locked until the transaction ends (``None`` on SQLite when
         there is none yet; the write lock held there keeps anyone from inserting it meanwhile)."""
         t = pacing_slots_table
-        if conn.dialect.name == "postgresql":
+        query = (
+            sa.select(t.c.next_at, t.c.last_sent_at, t.c.factor, t.c.widened_at, t.c.recent)
+            .where(t.c.key == key)
+            .with_for_update()
+        )
+        row = conn.execute(query).first()
+        if row is None and conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            # Make sure the row exists so FOR UPDATE has something to lock; a racing
-            # first insert waits on the key and then does nothing. next_at=0: "free now".
+            # Make sure the row exists so FOR UPDATE has something to lock; a racing first
+            # insert waits on the key and then does nothing. next_at=0: "free now". (Only the
+            # first use of a key pays for this round trip.)
             conn.execute(
                 pg_insert(t)
                 .values(key=key, next_at=0.0, factor=1.0)
                 .on_conflict_do_nothing(index_elements=["key"])
             )
-        return conn.execute(
-            sa.select(t.c.next_at, t.c.last_sent_at, t.c.factor, t.c.widened_at, t.c.recent)
-            .where(t.c.key == key)
-            .with_for_update()
-        ).first()
+            row = conn.execute(query).first()
+        return row
 
     # --------------------------------------------------------------- availability
 

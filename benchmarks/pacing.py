@@ -1,8 +1,8 @@
 """Pacing benchmark: 4 worker processes dialing one agent whose limit is strictly enforced.
 
 For each allowed rate (1 and 5 calls/s by default) the AI Studio emulator enforces the limit
-(429 for any call over it, with the emulator's 5 % arrival-jitter tolerance) and two clients
-place the same number of calls from 4 processes at once:
+strictly (429 for any call that would put N + 1 accepted calls in a trailing second; no
+tolerance) and two clients place the same number of calls from 4 processes at once:
 
 * **ours** — each process runs ``MakeCallOperator.execute`` for its share of mapped task
   instances, as Airflow workers would; the processes share the call store (a SQLite file,
@@ -12,11 +12,13 @@ place the same number of calls from 4 processes at once:
 
 The emulator is the judge: it records when each call arrived and every 429 it answered.
 ``achieved/allowed`` is (calls - 1) / (last accepted arrival - first) divided by the allowed
-rate; the goal for ours is >= 0.98 with zero 429s. Run from the repository root::
+rate; the goal for ours is >= 0.95 with zero 429s. Run from the repository root::
 
     .venv/bin/python benchmarks/pacing.py                 # 100 calls per setting, ~4-5 minutes
     .venv/bin/python benchmarks/pacing.py --calls 20      # a quick look
     .venv/bin/python benchmarks/pacing.py --postgres --clients ours   # the store on PostgreSQL
+
+Under a real scheduler (LocalExecutor, CeleryExecutor): ``benchmarks/pacing_scheduled.py``.
 
 ``--postgres`` uses ``$VONAGE_STUDIO_TEST_POSTGRES_URL`` (or the URL given, default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``) in a schema of its own, dropped afterwards.
