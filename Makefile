@@ -107,7 +107,7 @@ browser:
 # Re-resolve every supported minor's newest patch in a scratch venv and freeze it (run after a
 # release of Airflow or a dependency change; then run `make test-matrix`). HOLDS_<minor>: what
 # a minor's own requirements allow but its code does not run with.
-HOLDS_3.2 := fastapi<0.137 cadwyn<8
+HOLDS_3.2 := fastapi<0.137 cadwyn<8 svcs<26
 constraints:
 	@for minor in $(NEWEST_AIRFLOW) $(MATRIX_FULL) $(MATRIX_DAGS); do \
 	  case $$minor in 3.2) holds='$(HOLDS_3.2)';; *) holds='';; esac; \
@@ -117,7 +117,7 @@ constraints:
 	  $$scratch/bin/python $(PIP_INSTALL) -e '.[dev]' "apache-airflow==$$minor.*" $$holds && \
 	  { echo "# pip freeze of a venv with airflow-provider-vonage-studio[dev] and the newest apache-airflow $$minor.x;"; \
 	    echo "# regenerate with make constraints"; \
-	    if [ -n "$$holds" ]; then echo "# held back: $$holds (Airflow $$minor's API server does not start with newer ones)"; fi; \
+	    if [ -n "$$holds" ]; then echo "# held back: $$holds (Airflow $$minor's API server and in-process execution API fail with newer ones)"; fi; \
 	    $$scratch/bin/python -m pip freeze --exclude-editable --disable-pip-version-check; } \
 	    > $(call CONSTRAINTS,$$minor) && \
 	  rm -rf $$scratch && echo "$(call CONSTRAINTS,$$minor): $$(grep '^apache-airflow==' $(call CONSTRAINTS,$$minor))" \
