@@ -87,7 +87,9 @@ def test_an_explicit_url_that_does_not_answer_fails_instead_of_skipping(
 
 
 def _make_browser(tmp_path: Path, *, chromium: str, chromedriver: str, prefix: tuple[str, ...] = ()) -> Any:
-    # APT_GET=false: the "install" step fails at once instead of touching the machine.
+    # APT_GET=false: the "install" step fails at once instead of touching the machine. The suite
+    # itself may run under make (make test): the inner make must not join the outer one's jobs.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(
         [
             *prefix,
@@ -103,6 +105,7 @@ def _make_browser(tmp_path: Path, *, chromium: str, chromedriver: str, prefix: t
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
