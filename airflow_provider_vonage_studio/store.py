@@ -1101,6 +1101,7 @@ class CallStore:
         _check_pacing(key, interval_seconds)
         t = pacing_slots_table
         with self._transaction(write=True) as conn:
+            _pacing_only(conn)
             row = self._lock_slot(conn, key)
             # "Now" is read only once the lock is held: read before waiting for it, a slot handed
             # out as "now" would already be in the past, the caller would dial late, and the next
@@ -1156,6 +1157,8 @@ class CallStore:
             raise VonageStudioConfigError(f"window: must be a finite number > 0, got {window!r}")
         t = pacing_slots_table
         with self._transaction(write=True) as conn:
+            if call_ref is None:
+                _pacing_only(conn)
             row = self._lock_slot(conn, key)
             current = time.time() if now is None else now
             recent = _recent(None if row is None else row.recent)
@@ -1226,6 +1229,7 @@ class CallStore:
             raise VonageStudioConfigError(f"retry_after: must be a finite number >= 0, got {retry_after!r}")
         t = pacing_slots_table
         with self._transaction(write=True) as conn:
+            _pacing_only(conn)
             row = self._lock_slot(conn, key)
             current = time.time() if now is None else now
             factor = _factor(None if row is None else row.factor)
@@ -1421,6 +1425,15 @@ def _factor(value: float | None) -> float:
     if value is None or not math.isfinite(value) or value < 1.0:
         return 1.0
     return min(float(value), PACING_MAX_FACTOR)
+
+
+def _pacing_only(conn: Connection) -> None:
+    """For a transaction that writes pacing state only: on PostgreSQL, commit without waiting for
+    the WAL flush. The pacer's state is soft (after a database crash the send gate and the next
+    slots rebuild it from a few stale values), while every dial waits on these commits; the
+    ledger's writes, including the ``sending`` mark, keep the server's durable commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
 
 
 def _recent(value: Any) -> list[list[Any]]:

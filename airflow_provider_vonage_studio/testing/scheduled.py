@@ -205,7 +205,7 @@ class ScheduledPacing:
         (``calls_per_second``) per rate.
     :param mapped: how many mapped ``MakeCallOperator`` task instances dial one number each.
     :param batches: per rate, the sizes of the ``MakeCallsOperator`` tasks running beside them
-        (default: 10 at 1/s, 30 + 30 at 3 or 5/s, so that dialers outnumber the slots throughout).
+        (default: 10 at 1/s, 3 x 20 at 3 or 5/s, so that dialers outnumber the slots throughout).
     :param parallelism: ``[core] parallelism`` (LocalExecutor's processes) and the DAGs'
         ``max_active_tasks``.
     :param celery_workers: ``airflow celery worker`` processes, ``celery_concurrency`` each.
@@ -219,7 +219,7 @@ class ScheduledPacing:
     batches: Mapping[int, tuple[int, ...]] | None = None
     parallelism: int = 8
     celery_workers: int = 2
-    celery_concurrency: int = 2
+    celery_concurrency: int = 4
     naive: bool = True
     postgres_url: str = DEFAULT_POSTGRES_URL
     redis_url: str = DEFAULT_REDIS_URL
@@ -241,7 +241,7 @@ class ScheduledPacing:
     def batches_for(self, rate: int) -> tuple[int, ...]:
         if self.batches is not None and rate in self.batches:
             return tuple(self.batches[rate])
-        return (10,) if rate == 1 else (30, 30)
+        return (10,) if rate == 1 else (20, 20, 20)
 
     def numbers_for(self, rate: int) -> list[str]:
         return [f"4477009{n:05d}" for n in range(self.mapped + sum(self.batches_for(rate)))]

@@ -204,7 +204,7 @@ class CallStatusTrigger(BaseTrigger):
     :param store_url: the call store; ``None`` (default): the triggerer's configured
         ``[vonage_studio] store_url``. It is stored with the trigger's kwargs, so leave it
         ``None`` unless it differs from the configured one.
-    :param pending_timeout: timedelta or seconds a ``pending`` row may wait for its dial.
+    :param pending_timeout: timedelta or seconds a ``sending`` row may wait for its dial to complete.
 
     Yields exactly one ``TriggerEvent``:
 
