@@ -13,8 +13,15 @@ Run from the repository root::
 
 PostgreSQL is used when a server answers at ``--postgres-url`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``); the benchmark works in a schema of
-its own and drops it afterwards. The goal on a 2-core machine is >= 500 callbacks/s with
-0 lost. Figures vary with the machine's load: the clients share its cores with the server.
+its own and drops it afterwards.
+
+The same run first measures the machine's ceiling: a bare FastAPI endpoint on the same
+route (``POST /calls/{token}/status``), under the same uvicorn settings and the same client
+harness, that parses the JSON body and answers 200 without verifying or storing anything
+(:func:`bare_app`). The receiver's figures are then printed as a ratio of it, callbacks/s
+and server CPU per callback, so that the comparison holds whatever else loads the machine.
+Goals on a 2-core machine: >= 500 callbacks/s with 0 lost, and >= 0.5x the bare endpoint
+on SQLite.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from airflow_provider_vonage_studio.callbacks.tokens import sign_token
 from airflow_provider_vonage_studio.store import CallStore, calls_table
@@ -54,7 +63,7 @@ class Result:
     seconds: float
     ok: int
     errors: int
-    rows: int
+    rows: int | None  # None for the bare endpoint, which stores nothing
     server_cpu: float
 
     @property
@@ -67,7 +76,27 @@ class Result:
 
     @property
     def lost(self) -> int:
-        return self.calls - self.rows
+        return 0 if self.rows is None else self.calls - self.rows
+
+
+def bare_app() -> FastAPI:
+    """The ceiling: a FastAPI app whose callback route parses the JSON body and answers 200.
+
+    Same route and response shape as the receiver, nothing verified or stored. Served by
+    uvicorn in a subprocess (``callbacks:bare_app`` from this directory).
+    """
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.post("/calls/{token}/status")
+    async def status(token: str, request: Request) -> JSONResponse:
+        json.loads(await request.body())
+        return JSONResponse({"result": "recorded"})
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return app
 
 
 def free_port() -> int:
@@ -143,8 +172,13 @@ def count_recorded(url: str, refs: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def receiver(url: str, port: int, home: Path, *, access_log: bool) -> Iterator[subprocess.Popen[bytes]]:
-    """The receiver under uvicorn in a subprocess, configured through the environment."""
+def receiver(
+    url: str, port: int, home: Path, *, access_log: bool, bare: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The receiver (or, with ``bare``, :func:`bare_app`) under uvicorn in a subprocess.
+
+    The receiver is configured through the environment, as ``callbacks serve`` configures it.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
     env.update(
         {
@@ -160,7 +194,11 @@ def receiver(url: str, port: int, home: Path, *, access_log: bool) -> Iterator[s
         sys.executable,
         "-m",
         "uvicorn",
-        "airflow_provider_vonage_studio.callbacks.app:create_app",
+        *(
+            ["--app-dir", str(Path(__file__).resolve().parent), "callbacks:bare_app"]
+            if bare
+            else ["airflow_provider_vonage_studio.callbacks.app:create_app"]
+        ),
         "--factory",
         "--host",
         "127.0.0.1",
@@ -289,6 +327,18 @@ def run(backend: str, url: str, calls: int, clients: int, *, access_log: bool) -
     return Result(backend, calls, clients, seconds, ok, errors, count_recorded(url, refs), server_cpu)
 
 
+def run_bare(calls: int, clients: int, *, access_log: bool) -> Result:
+    """The same clients against :func:`bare_app`: the ceiling the receiver is compared with."""
+    refs = [f"vs-bench{uuid.uuid4().hex[:24]}" for _ in range(calls)]
+    with tempfile.TemporaryDirectory(prefix="vs-bench-home-") as home:
+        port = free_port()
+        with receiver("", port, Path(home), access_log=access_log, bare=True) as proc:
+            cpu_before = cpu_seconds(proc.pid)
+            seconds, ok, errors = post_all(port, refs, clients)
+            server_cpu = cpu_seconds(proc.pid) - cpu_before
+    return Result("bare", calls, clients, seconds, ok, errors, None, server_cpu)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -302,37 +352,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
     args = parser.parse_args(argv)
 
-    results: list[Result] = []
+    # Each backend is measured right after a bare run, so a pair shares the machine's load.
+    pairs: list[tuple[Result, Result]] = []
     if args.backend in ("all", "sqlite"):
+        bare = run_bare(args.calls, args.clients, access_log=args.access_log)
         with tempfile.TemporaryDirectory(prefix="vs-bench-db-") as tmp:
-            results.append(
-                run(
-                    "sqlite",
-                    f"sqlite:///{tmp}/vonage_studio.db",
-                    args.calls,
-                    args.clients,
-                    access_log=args.access_log,
-                )
-            )
+            url = f"sqlite:///{tmp}/vonage_studio.db"
+            pairs.append((bare, run("sqlite", url, args.calls, args.clients, access_log=args.access_log)))
     if args.backend in ("all", "postgres"):
         if postgres_reachable(args.postgres_url):
+            bare = run_bare(args.calls, args.clients, access_log=args.access_log)
             with postgres_schema(args.postgres_url) as url:
-                results.append(run("postgresql", url, args.calls, args.clients, access_log=args.access_log))
+                pairs.append(
+                    (bare, run("postgresql", url, args.calls, args.clients, access_log=args.access_log))
+                )
         else:
             print(f"PostgreSQL not reachable at {args.postgres_url}: skipped", file=sys.stderr)
 
     print(
-        f"callbacks: {args.calls} distinct calls, {args.clients} concurrent clients, receiver under uvicorn"
+        f"callbacks: {args.calls} distinct calls, {args.clients} concurrent clients, one uvicorn worker; "
+        "each backend right after the bare endpoint"
     )
     print(
-        f"{'backend':<11} {'seconds':>8} {'callbacks/s':>12} {'200 OK':>7} {'errors':>7} {'rows':>6} "
+        f"{'server':<11} {'seconds':>8} {'callbacks/s':>12} {'200 OK':>7} {'errors':>7} {'rows':>6} "
         f"{'lost':>5} {'server CPU ms/cb':>17}"
     )
-    for r in results:
-        print(
-            f"{r.backend:<11} {r.seconds:>8.2f} {r.per_second:>12.0f} {r.ok:>7} {r.errors:>7} {r.rows:>6} "
-            f"{r.lost:>5} {r.cpu_ms_per_callback:>17.2f}"
-        )
+    for pair in pairs:
+        for r in pair:
+            rows = "-" if r.rows is None else str(r.rows)
+            lost = "-" if r.rows is None else str(r.lost)
+            print(
+                f"{r.backend:<11} {r.seconds:>8.2f} {r.per_second:>12.0f} {r.ok:>7} {r.errors:>7} {rows:>6} "
+                f"{lost:>5} {r.cpu_ms_per_callback:>17.2f}"
+            )
+    print("receiver / bare endpoint (callbacks/s: higher is better; CPU per callback: 1.0 is the ceiling)")
+    for bare, r in pairs:
+        rate = r.per_second / bare.per_second if bare.per_second else 0.0
+        cpu = r.cpu_ms_per_callback / bare.cpu_ms_per_callback if bare.cpu_ms_per_callback else 0.0
+        print(f"{r.backend:<11} callbacks/s {rate:.2f}x   server CPU per callback {cpu:.2f}x")
+    results = [r for pair in pairs for r in pair]
     return 0 if all(r.lost == 0 and r.errors == 0 for r in results) else 1
 
 
