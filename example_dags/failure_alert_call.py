@@ -40,8 +40,9 @@ task_failed_call = VonageStudioCallNotifier(
         "DAG_ID": "{{ dag.dag_id }}",
         "TASK_ID": "{{ ti.task_id }}",
         "TRY_NUMBER": "{{ ti.try_number }}",
-        # The exception's text; keep personal data out of the messages you raise.
-        "ERROR": "{{ exception | string | truncate(200) }}",
+        # The exception's text; keep personal data out of the messages you raise. Empty where the
+        # context has none (`airflow dags test` before Airflow 3.3 runs callbacks without it).
+        "ERROR": "{{ exception | string | truncate(200) if exception is defined else '' }}",
     },
 )
 

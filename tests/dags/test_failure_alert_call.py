@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_vonage_studio._compat import AIRFLOW_V_3_3_PLUS
 from airflow_provider_vonage_studio.store import CallStore
 from airflow_provider_vonage_studio.testing.dagrun import airflow_env, dags_test, migrate
 from airflow_provider_vonage_studio.testing.emulator import Emulator
@@ -87,13 +88,17 @@ def test_each_failure_event_rings_on_call_once(env: dict[str, str], emulator: Em
     task_alert, run_alert = by_alert["task failed"], by_alert["run failed"]
     assert task_alert["DAG_ID"] == DAG_ID and task_alert["TASK_ID"] == "check_billing"
     assert task_alert["TRY_NUMBER"] == "1"
-    assert task_alert["ERROR"].startswith("billing check: invoiced total 10250 != paid + open 10140")
-    assert run_alert == {
-        "ALERT": "run failed",
-        "DAG_ID": DAG_ID,
-        "REASON": "task_failure",
-        "TASK_ID": "check_billing",
-    }
+    if AIRFLOW_V_3_3_PLUS:
+        assert task_alert["ERROR"].startswith("billing check: invoiced total 10250 != paid + open 10140")
+    else:
+        # Before 3.3, `airflow dags test` runs task callbacks without `exception` in the context
+        # (workers pass it); the alert still rings, with an empty ERROR.
+        assert task_alert["ERROR"] == ""
+    # Airflow 3.3 gives the run's callback the task that failed as `ti`; 3.1 gives the run's
+    # last task (publish_invoices, upstream_failed).
+    expected_task = {"check_billing"} if AIRFLOW_V_3_3_PLUS else {"check_billing", "publish_invoices"}
+    assert run_alert.pop("TASK_ID") in expected_task, run_alert
+    assert run_alert == {"ALERT": "run failed", "DAG_ID": DAG_ID, "REASON": "task_failure"}
 
     # Both are in the call ledger under this run: the task's under its task id, the run's under __dag__.
     store = CallStore(env["AIRFLOW__VONAGE_STUDIO__STORE_URL"])
