@@ -25,6 +25,9 @@ DAG_ID = "confirm_appointments"
 # starts before it (after the 1 s answer window and three task starts, which `airflow dags test`
 # makes slower before Airflow 3.3), so it has to wait (and, deferrable, defer).
 INDEX_DELAY = 3.5 if AIRFLOW_V_3_3_PLUS else 15.0
+# Before Airflow 3.3, `airflow dags test` does not print what operators log (self.log): only
+# Airflow's own lines, so what our sensors say can be checked from 3.3 on.
+OPERATOR_LOGS_IN_OUTPUT = AIRFLOW_V_3_3_PLUS
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +136,8 @@ def _check_confirmed_run(env, emulator, answers_db, proc):
     assert statuses[0] == 404 and statuses[-1] == 200, statuses
     # Neither the key nor the full number reach the output; the sensor logs no parameter values.
     log = _task_output(output, "read_confirmation")
-    assert "Session " in log and "read 3 parameter(s)" in log
+    if OPERATOR_LOGS_IN_OUTPUT:
+        assert "Session " in log and "read 3 parameter(s)" in log
     assert KEY not in output and TO not in log and "Diane Miller" not in log
     return log
 
@@ -143,8 +147,10 @@ def test_poke_mode(base_env, emulator, answers_db):
     env = _env(base_env, emulator, answers_db)
     proc = dags_test(DAG_ID, env)
     log = _check_confirmed_run(env, emulator, answers_db, proc)
-    assert "No session parameters to return yet" in log
-    assert "deferring" not in log.lower()
+    assert "[DAG TEST] running trigger in line" not in log
+    if OPERATOR_LOGS_IN_OUTPUT:
+        assert "No session parameters to return yet" in log
+        assert "deferring" not in log.lower()
 
 
 def test_deferrable_mode_goes_through_the_trigger(base_env, emulator, answers_db):
@@ -154,11 +160,12 @@ def test_deferrable_mode_goes_through_the_trigger(base_env, emulator, answers_db
     log = _check_confirmed_run(env, emulator, answers_db, proc)
     # The worker deferred; the trigger ran (in line, as `dags test` runs triggers) and reported;
     # the task resumed in execute_complete.
-    assert "No session parameters yet; deferring to the triggerer" in log
-    assert "Pausing task as DEFERRED" in log
     assert "[DAG TEST] running trigger in line" in log
-    assert "Waiting for the session parameters of" in log
-    assert "Result reported by the trigger" in log
+    if OPERATOR_LOGS_IN_OUTPUT:
+        assert "No session parameters yet; deferring to the triggerer" in log
+        assert "Pausing task as DEFERRED" in log
+        assert "Waiting for the session parameters of" in log
+        assert "Result reported by the trigger" in log
 
 
 @pytest.fixture
