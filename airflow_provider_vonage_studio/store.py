@@ -964,67 +964,66 @@ class CallStore:
                     started[ref] = session_start_time
                     if status is not None:
                         has_status.add(ref)
-            # History sizes, counted only now that the calls' rows are locked: a separate statement
-            # sees every row committed by a batch that held the lock before us (a subquery of the
-            # locking SELECT would use the snapshot taken before it waited). A call without a
-            # status has no history: its first status and its first row are written together.
-            history_size: dict[str, int] = {}
-            if max_history is not None and has_status:
-                for chunk in _chunks(sorted(has_status)):
-                    history_size.update(
-                        conn.execute(
-                            sa.select(events.c.call_ref, sa.func.count())
-                            .where(events.c.call_ref.in_(chunk))
-                            .group_by(events.c.call_ref)
-                        ).all()
+            # The history of the calls that already have a status, read only now that their rows
+            # are locked: a separate statement sees every row committed by a batch that held the
+            # lock before us (a subquery of the locking SELECT would use the snapshot taken before
+            # it waited). It gives each call's history size (the cap) and which statuses are stored
+            # (a repeat is a DUPLICATE without an INSERT). A call without a status has no history:
+            # its first status and its first row are written together.
+            counted: dict[str, int] = {}
+            stored: set[tuple[str, str, str]] = set()
+            for chunk in _chunks(sorted(has_status)):
+                for ref, stored_status, stored_uuid in conn.execute(
+                    sa.select(events.c.call_ref, events.c.status, events.c.conversation_uuid).where(
+                        events.c.call_ref.in_(chunk)
                     )
-            insert_event = _insert_ignoring_conflicts(conn, events)
-            seen: set[tuple[str, str, str]] = set()
-            first_new: dict[str, int] = {}  # call_ref -> index of its first new history row
-            for index, (item, uuid) in enumerate(zip(items, uuids, strict=True)):
-                destination = destinations.get(item.call_ref)
-                if destination is None:
-                    outcomes.append(RecordOutcome.UNKNOWN_CALL)
-                    continue
-                # Compared with the enum's value, not a literal: state names may change between
-                # schema versions, PLACED is what "AI Studio accepted the call" is called.
-                if placed_only and states[item.call_ref] != CallState.PLACED.value:
-                    outcomes.append(RecordOutcome.NOT_PLACED)
-                    continue
-                if max_age is not None:
-                    since = [t for t in (started[item.call_ref], item.issued_at) if t is not None]
-                    if since and now - min(_as_utc(t) for t in since) > max_age:
-                        outcomes.append(RecordOutcome.STALE)
+                ):
+                    counted[ref] = counted.get(ref, 0) + 1
+                    stored.add((ref, stored_status, stored_uuid or ""))
+
+            def decide(
+                insert: Callable[[dict[str, Any]], bool],
+            ) -> tuple[list[RecordOutcome], dict[str, int]]:
+                """Each update's outcome, given how a new history row is inserted; and, per call
+                that gets its first status, the index of the update that sets it."""
+                outcomes: list[RecordOutcome] = []
+                sizes = dict(counted)
+                seen: set[tuple[str, str, str]] = set()
+                first_new: dict[str, int] = {}  # call_ref -> index of its first new history row
+                for index, (item, uuid) in enumerate(zip(items, uuids, strict=True)):
+                    destination = destinations.get(item.call_ref)
+                    if destination is None:
+                        outcomes.append(RecordOutcome.UNKNOWN_CALL)
                         continue
-                if item.to is not None and not (
-                    destination_matches(item.to, destination)
-                    if destination_matches is not None
-                    else item.to == destination
-                ):
-                    outcomes.append(RecordOutcome.MISMATCH)
-                    continue
-                key = (item.call_ref, item.status, uuid)
-                if (
-                    max_history is not None
-                    and key not in seen
-                    and history_size.get(item.call_ref, 0) >= max_history
-                ):
-                    # Full: a repeat of a stored status is still a duplicate (AI Studio retrying),
-                    # anything else is refused. Only flooded calls pay for this query.
-                    stored = conn.execute(
-                        sa.select(events.c.id).where(
-                            events.c.call_ref == item.call_ref,
-                            events.c.status == item.status,
-                            events.c.conversation_uuid == uuid,
-                        )
-                    ).first()
-                    outcomes.append(RecordOutcome.DUPLICATE if stored else RecordOutcome.HISTORY_FULL)
-                    continue
-                # A conflicting INSERT is skipped, not failed: the transaction carries on with the
-                # rest of the batch. A repeat within the batch is not even sent.
-                new = key not in seen and _inserted(
-                    conn.execute(
-                        insert_event,
+                    # Compared with the enum's value, not a literal: state names may change between
+                    # schema versions, PLACED is what "AI Studio accepted the call" is called.
+                    if placed_only and states[item.call_ref] != CallState.PLACED.value:
+                        outcomes.append(RecordOutcome.NOT_PLACED)
+                        continue
+                    if max_age is not None:
+                        since = [t for t in (started[item.call_ref], item.issued_at) if t is not None]
+                        if since and now - min(_as_utc(t) for t in since) > max_age:
+                            outcomes.append(RecordOutcome.STALE)
+                            continue
+                    if item.to is not None and not (
+                        destination_matches(item.to, destination)
+                        if destination_matches is not None
+                        else item.to == destination
+                    ):
+                        outcomes.append(RecordOutcome.MISMATCH)
+                        continue
+                    key = (item.call_ref, item.status, uuid)
+                    if key in stored or key in seen:
+                        # A repeat of a stored status is a duplicate (AI Studio retrying), even when
+                        # the history is full; so is a repeat within the batch, which is not sent.
+                        outcomes.append(RecordOutcome.DUPLICATE)
+                        continue
+                    if max_history is not None and sizes.get(item.call_ref, 0) >= max_history:
+                        outcomes.append(RecordOutcome.HISTORY_FULL)
+                        continue
+                    # A conflicting INSERT is skipped, not failed (the transaction carries on with the
+                    # rest of the batch): a DUPLICATE.
+                    new = insert(
                         {
                             "call_ref": item.call_ref,
                             "status": item.status,
@@ -1032,33 +1031,76 @@ class CallStore:
                             "event_timestamp": item.timestamp,
                             "payload": item.payload,
                             "received_at": now,
-                        },
+                        }
                     )
-                )
-                seen.add(key)
-                if not new:
-                    outcomes.append(RecordOutcome.DUPLICATE)
-                    continue
-                history_size[item.call_ref] = history_size.get(item.call_ref, 0) + 1
-                outcomes.append(RecordOutcome.HISTORY)
-                if item.call_ref not in has_status:
-                    first_new.setdefault(item.call_ref, index)
-            for call_ref, index in first_new.items():
-                item = items[index]
+                    seen.add(key)
+                    if not new:
+                        outcomes.append(RecordOutcome.DUPLICATE)
+                        continue
+                    sizes[item.call_ref] = sizes.get(item.call_ref, 0) + 1
+                    outcomes.append(RecordOutcome.HISTORY)
+                    if item.call_ref not in has_status:
+                        first_new.setdefault(item.call_ref, index)
+                return outcomes, first_new
+
+            # Fast path: plan the batch as if every new history row went in, then insert them all
+            # with one statement. The rows of the calls are locked, so only a row stored outside
+            # that rule (or a repeat of a status of a call without one) can conflict; then the
+            # count differs, the savepoint is rolled back and the batch is inserted row by row,
+            # each conflict deciding a DUPLICATE exactly as before.
+            planned: list[dict[str, Any]] = []
+
+            def plan(row: dict[str, Any]) -> bool:
+                planned.append(row)
+                return True
+
+            outcomes, first_new = decide(plan)
+            if planned:
+                savepoint = conn.begin_nested()
+                if _inserted_all(conn, events, planned):
+                    savepoint.commit()
+                else:
+                    savepoint.rollback()
+                    insert_event = _insert_ignoring_conflicts(conn, events)
+                    outcomes, first_new = decide(lambda row: _inserted(conn.execute(insert_event, row)))
+            if first_new:
                 # "status IS NULL" keeps the first status even against a writer that does not
-                # lock the row first: its UPDATE then matches no row.
-                if conn.execute(
+                # lock the row first: its UPDATE then matches no row. All calls in one
+                # executemany; should any of them have got a status meanwhile (the total count
+                # says so), the savepoint is rolled back and each is set on its own.
+                set_first = (
                     calls.update()
-                    .where(calls.c.call_ref == call_ref, calls.c.status.is_(None))
+                    .where(calls.c.call_ref == sa.bindparam("ref"), calls.c.status.is_(None))
                     .values(
-                        status=item.status,
-                        status_at=item.timestamp or now,
-                        conversation_uuid=item.conversation_uuid or None,
-                        callback_payload=item.payload,
+                        status=sa.bindparam("new_status"),
+                        status_at=sa.bindparam("new_status_at"),
+                        conversation_uuid=sa.bindparam("new_uuid"),
+                        callback_payload=sa.bindparam("new_payload", type_=_JSONText()),
                         updated_at=now,
                     )
-                ).rowcount:
-                    outcomes[index] = RecordOutcome.RECORDED
+                )
+                params = [
+                    {
+                        "ref": call_ref,
+                        "new_status": items[index].status,
+                        "new_status_at": items[index].timestamp or now,
+                        "new_uuid": items[index].conversation_uuid or None,
+                        "new_payload": items[index].payload,
+                    }
+                    for call_ref, index in first_new.items()
+                ]
+                update_savepoint = conn.begin_nested() if len(params) > 1 else None
+                if conn.execute(set_first, params).rowcount == len(params):
+                    if update_savepoint is not None:
+                        update_savepoint.commit()
+                    for index in first_new.values():
+                        outcomes[index] = RecordOutcome.RECORDED
+                else:
+                    if update_savepoint is not None:
+                        update_savepoint.rollback()
+                        for param, index in zip(params, first_new.values(), strict=True):
+                            if conn.execute(set_first, param).rowcount:
+                                outcomes[index] = RecordOutcome.RECORDED
         return outcomes
 
     def status_history(self, call_ref: str) -> list[dict[str, Any]]:
@@ -1483,6 +1525,19 @@ def _insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> Any:
 
     # No RETURNING on SQLite (older than 3.35 has none); its rowcount is exact.
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _inserted_all(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> bool:
+    """Insert ``rows`` in one executemany, skipping conflicts; whether every row went in."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        # psycopg reports no rowcount for an executemany: count the returned keys instead
+        # (SQLAlchemy sends the rows as multi-row VALUES, a few round trips for the lot).
+        statement = pg_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+        return len(conn.execute(statement, rows).all()) == len(rows)
+    # SQLite sums the rows each execution changed.
+    return int(conn.execute(_insert_ignoring_conflicts(conn, table), rows).rowcount) == len(rows)
 
 
 def _inserted(result: sa.engine.CursorResult[Any]) -> bool:
