@@ -141,6 +141,10 @@ class StoreSchemaTooNew(VonageStudioError):
     """
 
 
+class _StatusBatchRaced(VonageStudioError):
+    """A batch of status callbacks met a writer that bypassed the call's row lock; rolled back."""
+
+
 class CallStateConflict(VonageStudioError):
     """A state change was asked of a call in a state that does not allow it
     (for example restarting a call that was already placed)."""
@@ -1045,9 +1049,9 @@ class CallStore:
 
             # Fast path: plan the batch as if every new history row went in, then insert them all
             # with one statement. The rows of the calls are locked, so only a row stored outside
-            # that rule (or a repeat of a status of a call without one) can conflict; then the
-            # count differs, the savepoint is rolled back and the batch is inserted row by row,
-            # each conflict deciding a DUPLICATE exactly as before.
+            # that rule (a history row of a call without a status) can conflict; then the count
+            # differs, what went in is undone and the batch is inserted row by row, each conflict
+            # deciding a DUPLICATE exactly as before.
             planned: list[dict[str, Any]] = []
 
             def plan(row: dict[str, Any]) -> bool:
@@ -1055,19 +1059,17 @@ class CallStore:
                 return True
 
             outcomes, first_new = decide(plan)
-            if planned:
-                savepoint = conn.begin_nested()
-                if _inserted_all(conn, events, planned):
-                    savepoint.commit()
-                else:
-                    savepoint.rollback()
-                    insert_event = _insert_ignoring_conflicts(conn, events)
-                    outcomes, first_new = decide(lambda row: _inserted(conn.execute(insert_event, row)))
+            if planned and not _inserted_all(conn, events, planned):
+                insert_event = _insert_ignoring_conflicts(conn, events)
+                outcomes, first_new = decide(lambda row: _inserted(conn.execute(insert_event, row)))
             if first_new:
                 # "status IS NULL" keeps the first status even against a writer that does not
                 # lock the row first: its UPDATE then matches no row. All calls in one
-                # executemany; should any of them have got a status meanwhile (the total count
-                # says so), the savepoint is rolled back and each is set on its own.
+                # executemany. Should any of them have got a status meanwhile (the total count
+                # says so; the lock taken above makes it impossible, short of a writer bypassing
+                # this code), SQLite rolls the savepoint back and sets each on its own; on
+                # PostgreSQL, where a savepoint is two more round trips per batch, the whole
+                # batch is refused instead (rolled back: nothing recorded, never misreported).
                 set_first = (
                     calls.update()
                     .where(calls.c.call_ref == sa.bindparam("ref"), calls.c.status.is_(None))
@@ -1089,18 +1091,24 @@ class CallStore:
                     }
                     for call_ref, index in first_new.items()
                 ]
-                update_savepoint = conn.begin_nested() if len(params) > 1 else None
+                update_savepoint = (
+                    conn.begin_nested() if len(params) > 1 and conn.dialect.name != "postgresql" else None
+                )
                 if conn.execute(set_first, params).rowcount == len(params):
                     if update_savepoint is not None:
                         update_savepoint.commit()
                     for index in first_new.values():
                         outcomes[index] = RecordOutcome.RECORDED
-                else:
-                    if update_savepoint is not None:
-                        update_savepoint.rollback()
-                        for param, index in zip(params, first_new.values(), strict=True):
-                            if conn.execute(set_first, param).rowcount:
-                                outcomes[index] = RecordOutcome.RECORDED
+                elif update_savepoint is not None:
+                    update_savepoint.rollback()
+                    for param, index in zip(params, first_new.values(), strict=True):
+                        if conn.execute(set_first, param).rowcount:
+                            outcomes[index] = RecordOutcome.RECORDED
+                elif len(params) > 1:
+                    raise _StatusBatchRaced(
+                        "a call of the batch got its first status from a writer that did not lock it; "
+                        "the batch was rolled back"
+                    )
         return outcomes
 
     def status_history(self, call_ref: str) -> list[dict[str, Any]]:
@@ -1528,16 +1536,32 @@ def _insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> Any:
 
 
 def _inserted_all(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> bool:
-    """Insert ``rows`` in one executemany, skipping conflicts; whether every row went in."""
+    """Insert ``rows`` in one executemany, or none of them: whether all went in.
+
+    A row breaking a unique constraint is skipped; if any was, the rows that did go in are
+    undone (the transaction stays usable) and ``False`` is returned.
+    """
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         # psycopg reports no rowcount for an executemany: count the returned keys instead
-        # (SQLAlchemy sends the rows as multi-row VALUES, a few round trips for the lot).
-        statement = pg_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
-        return len(conn.execute(statement, rows).all()) == len(rows)
-    # SQLite sums the rows each execution changed.
-    return int(conn.execute(_insert_ignoring_conflicts(conn, table), rows).rowcount) == len(rows)
+        # (SQLAlchemy sends the rows as one multi-row VALUES). Undone by key rather than with
+        # a savepoint, which would cost two round trips on every batch.
+        (key,) = table.primary_key.columns
+        statement = pg_insert(table).on_conflict_do_nothing().returning(key)
+        ids = conn.execute(statement, rows).scalars().all()
+        if len(ids) == len(rows):
+            return True
+        if ids:
+            conn.execute(table.delete().where(key.in_(ids)))
+        return False
+    # SQLite sums the rows each execution changed; a savepoint costs no round trip here.
+    savepoint = conn.begin_nested()
+    if int(conn.execute(_insert_ignoring_conflicts(conn, table), rows).rowcount) == len(rows):
+        savepoint.commit()
+        return True
+    savepoint.rollback()
+    return False
 
 
 def _inserted(result: sa.engine.CursorResult[Any]) -> bool:

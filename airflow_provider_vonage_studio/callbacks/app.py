@@ -620,10 +620,11 @@ class _Recorder:
     commit) and one hop to a worker thread. Under light load a batch is a single
     callback, so nothing waits for company.
 
-    At most ``workers`` batches run at once; by default 2 on SQLite, which serialises
-    writes anyway (one batch writes while the next one reads), and 8 on a server database,
-    where each statement waits on a round trip. A few busy threads also contend less for
-    the GIL than one thread per request (measured with ``benchmarks/callbacks.py``).
+    At most ``workers`` batches run at once, each on a thread of the recorder's own; by
+    default 2 on SQLite, which serialises writes anyway (one batch writes while the next one
+    reads), and 4 on a server database, where each statement waits on a round trip but more
+    writers only make smaller batches. A few busy threads also contend less for the GIL than
+    one thread per request (measured with ``benchmarks/callbacks.py``).
     """
 
     def __init__(
@@ -649,7 +650,7 @@ class _Recorder:
         self._pending.append((verified, callback, future))
         if self._workers is None:
             try:
-                self._workers = 2 if self._get_store().url.startswith("sqlite") else 8
+                self._workers = 2 if self._get_store().url.startswith("sqlite") else 4
             except Exception:  # the batch itself will report the store problem
                 self._workers = 2
         if self._executor is None:

@@ -179,3 +179,79 @@ def test_rules_are_validated_before_anything_is_written(
     with pytest.raises(VonageStudioConfigError, match=field):
         store.record_statuses([_update("vs-1")], **kwargs)
     assert _nothing_stored(store, "vs-1")
+
+
+# --------------------------------------------------- one executemany per batch, and its fallbacks
+
+
+def _engine(store: CallStore) -> sa.Engine:
+    return sa.create_engine(store.url, poolclass=sa.pool.NullPool)
+
+
+def test_a_stray_history_row_still_makes_a_duplicate_when_the_batch_is_inserted_at_once(
+    store: CallStore,
+) -> None:
+    # A history row for a call without a status: nothing this store writes leaves one, but a
+    # writer bypassing it could. The batch's one INSERT then skips a row; what went in is undone
+    # and the batch inserted row by row, so each update gets what it got before batching.
+    _placed(store, "vs-a")
+    _placed(store, "vs-b")
+    store.get_call("vs-a")  # schema ready
+    engine = _engine(store)
+    with engine.begin() as conn:
+        conn.execute(
+            status_events_table.insert().values(
+                call_ref="vs-a", status="busy", conversation_uuid="CON-1", payload={}, received_at=START
+            )
+        )
+    engine.dispose()
+    outcomes = store.record_statuses([_update("vs-a"), _update("vs-b"), _update("vs-a", "timeout")])
+    assert outcomes == [RecordOutcome.DUPLICATE, RecordOutcome.RECORDED, RecordOutcome.RECORDED]
+    assert [h["status"] for h in store.status_history("vs-a")] == ["busy", "timeout"]
+    assert [h["status"] for h in store.status_history("vs-b")] == ["busy"]
+    a, b = store.get_call("vs-a"), store.get_call("vs-b")
+    assert a is not None and a.status == "timeout"
+    assert b is not None and b.status == "busy"
+
+
+def test_a_first_status_set_behind_the_lock_is_never_reported_as_ours(store: CallStore) -> None:
+    # A trigger plays a writer that sets vs-a's status without taking its row lock, between the
+    # batch's read and its UPDATE of the first statuses (one executemany). SQLite sets them one by
+    # one instead (vs-a keeps the other status: HISTORY); PostgreSQL refuses the whole batch.
+    _placed(store, "vs-a")
+    _placed(store, "vs-b")
+    engine = _engine(store)
+    calls, events = "vonage_studio_calls", status_events_table.name
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                sa.text(
+                    "CREATE FUNCTION vs_test_race() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    f"UPDATE {calls} SET status = 'failed' WHERE call_ref = NEW.call_ref; RETURN NEW; END $$"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER vs_test_race AFTER INSERT ON {events} FOR EACH ROW "
+                    "WHEN (NEW.call_ref = 'vs-a') EXECUTE FUNCTION vs_test_race()"
+                )
+            )
+        else:
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER vs_test_race AFTER INSERT ON {events} WHEN NEW.call_ref = 'vs-a' "
+                    f"BEGIN UPDATE {calls} SET status = 'failed' WHERE call_ref = NEW.call_ref; END"
+                )
+            )
+        postgres = conn.dialect.name == "postgresql"
+    engine.dispose()
+    if postgres:
+        with pytest.raises(Exception, match="did not lock it; the batch was rolled back"):
+            store.record_statuses([_update("vs-a"), _update("vs-b")])
+        assert _nothing_stored(store, "vs-a") and _nothing_stored(store, "vs-b")
+        return
+    outcomes = store.record_statuses([_update("vs-a"), _update("vs-b")])
+    assert outcomes == [RecordOutcome.HISTORY, RecordOutcome.RECORDED]
+    a, b = store.get_call("vs-a"), store.get_call("vs-b")
+    assert a is not None and a.status == "failed"
+    assert b is not None and b.status == "busy"
