@@ -9,7 +9,7 @@ status are counted in the store: ``lost`` is calls minus rows.
 Run from the repository root::
 
     .venv/bin/python benchmarks/callbacks.py                 # SQLite, and PostgreSQL if reachable
-    .venv/bin/python benchmarks/callbacks.py --calls 5000 --clients 32 --backend sqlite
+    .venv/bin/python benchmarks/callbacks.py --calls 5000 --clients 32 --rounds 3 --backend sqlite
 
 PostgreSQL is used when a server answers at ``--postgres-url`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``); the benchmark works in a schema of
@@ -18,8 +18,10 @@ its own and drops it afterwards.
 The same run first measures the machine's ceiling: a bare FastAPI endpoint on the same
 route (``POST /calls/{token}/status``), under the same uvicorn settings and the same client
 harness, that parses the JSON body and answers 200 without verifying or storing anything
-(:func:`bare_app`). The receiver's figures are then printed as a ratio of it, callbacks/s
-and server CPU per callback, so that the comparison holds whatever else loads the machine.
+(:func:`bare_app`). Each backend runs ``--rounds`` times (default 3), each round right after
+a bare run with fresh calls; the receiver's figures are printed as ratios of the bare ones,
+callbacks/s and server CPU per callback, per round and their median, so that the
+comparison holds whatever else loads the machine.
 Goals on a 2-core machine: >= 500 callbacks/s with 0 lost, and >= 0.5x the bare endpoint
 on SQLite.
 """
@@ -32,6 +34,7 @@ import http.client
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -345,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="bare/receiver pairs per backend (median ratio)"
+    )
     parser.add_argument("--backend", choices=["all", "sqlite", "postgres"], default="all")
     parser.add_argument(
         "--postgres-url", default=os.environ.get("VONAGE_STUDIO_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
@@ -352,45 +358,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
     args = parser.parse_args(argv)
 
-    # Each backend is measured right after a bare run, so a pair shares the machine's load.
-    pairs: list[tuple[Result, Result]] = []
+    # Each backend is measured right after a bare run, so a pair shares the machine's load, and
+    # in --rounds pairs (fresh calls each), whose median ratio is the figure: under load from
+    # other processes one pair alone can land on a quiet and a busy moment.
+    pairs: dict[str, list[tuple[Result, Result]]] = {}
     if args.backend in ("all", "sqlite"):
-        bare = run_bare(args.calls, args.clients, access_log=args.access_log)
         with tempfile.TemporaryDirectory(prefix="vs-bench-db-") as tmp:
             url = f"sqlite:///{tmp}/vonage_studio.db"
-            pairs.append((bare, run("sqlite", url, args.calls, args.clients, access_log=args.access_log)))
+            pairs["sqlite"] = [
+                (
+                    run_bare(args.calls, args.clients, access_log=args.access_log),
+                    run("sqlite", url, args.calls, args.clients, access_log=args.access_log),
+                )
+                for _ in range(args.rounds)
+            ]
     if args.backend in ("all", "postgres"):
         if postgres_reachable(args.postgres_url):
-            bare = run_bare(args.calls, args.clients, access_log=args.access_log)
             with postgres_schema(args.postgres_url) as url:
-                pairs.append(
-                    (bare, run("postgresql", url, args.calls, args.clients, access_log=args.access_log))
-                )
+                pairs["postgresql"] = [
+                    (
+                        run_bare(args.calls, args.clients, access_log=args.access_log),
+                        run("postgresql", url, args.calls, args.clients, access_log=args.access_log),
+                    )
+                    for _ in range(args.rounds)
+                ]
         else:
             print(f"PostgreSQL not reachable at {args.postgres_url}: skipped", file=sys.stderr)
 
     print(
         f"callbacks: {args.calls} distinct calls, {args.clients} concurrent clients, one uvicorn worker; "
-        "each backend right after the bare endpoint"
+        f"{args.rounds} round(s) per backend, each right after the bare endpoint"
     )
     print(
         f"{'server':<11} {'seconds':>8} {'callbacks/s':>12} {'200 OK':>7} {'errors':>7} {'rows':>6} "
         f"{'lost':>5} {'server CPU ms/cb':>17}"
     )
-    for pair in pairs:
-        for r in pair:
-            rows = "-" if r.rows is None else str(r.rows)
-            lost = "-" if r.rows is None else str(r.lost)
-            print(
-                f"{r.backend:<11} {r.seconds:>8.2f} {r.per_second:>12.0f} {r.ok:>7} {r.errors:>7} {rows:>6} "
-                f"{lost:>5} {r.cpu_ms_per_callback:>17.2f}"
-            )
+    for rounds in pairs.values():
+        for pair in rounds:
+            for r in pair:
+                rows = "-" if r.rows is None else str(r.rows)
+                lost = "-" if r.rows is None else str(r.lost)
+                print(
+                    f"{r.backend:<11} {r.seconds:>8.2f} {r.per_second:>12.0f} {r.ok:>7} {r.errors:>7} "
+                    f"{rows:>6} {lost:>5} {r.cpu_ms_per_callback:>17.2f}"
+                )
     print("receiver / bare endpoint (callbacks/s: higher is better; CPU per callback: 1.0 is the ceiling)")
-    for bare, r in pairs:
-        rate = r.per_second / bare.per_second if bare.per_second else 0.0
-        cpu = r.cpu_ms_per_callback / bare.cpu_ms_per_callback if bare.cpu_ms_per_callback else 0.0
-        print(f"{r.backend:<11} callbacks/s {rate:.2f}x   server CPU per callback {cpu:.2f}x")
-    results = [r for pair in pairs for r in pair]
+    for backend, rounds in pairs.items():
+        rates = [r.per_second / bare.per_second if bare.per_second else 0.0 for bare, r in rounds]
+        cpus = [
+            r.cpu_ms_per_callback / bare.cpu_ms_per_callback if bare.cpu_ms_per_callback else 0.0
+            for bare, r in rounds
+        ]
+        print(
+            f"{backend:<11} callbacks/s {statistics.median(rates):.2f}x (rounds "
+            f"{', '.join(f'{x:.2f}' for x in rates)})   server CPU per callback "
+            f"{statistics.median(cpus):.2f}x (rounds {', '.join(f'{x:.2f}' for x in cpus)})"
+        )
+    results = [r for rounds in pairs.values() for pair in rounds for r in pair]
     return 0 if all(r.lost == 0 and r.errors == 0 for r in results) else 1
 
 
