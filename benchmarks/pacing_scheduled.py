@@ -3,7 +3,7 @@
 For each executor, Airflow is started once and, for each allowed rate, ``--repeat`` consecutive
 runs of a DAG of mapped ``MakeCallOperator``s and ``MakeCallsOperator``s dialing one agent (a new
 agent per run) are run by a real ``airflow scheduler`` (LocalExecutor,
-parallelism 8; or CeleryExecutor with 2 ``airflow celery worker``s of concurrency 2, Redis at
+parallelism 8; or CeleryExecutor with 2 ``airflow celery worker``s of concurrency 4, Redis at
 127.0.0.1:6379 as broker, a queue of the run's own, the result backend on PostgreSQL). Airflow's
 metadata database is a fresh PostgreSQL database per executor; the call store a schema in it. The
 emulator is strict (at most N accepted calls in any trailing second, no tolerance) and is the
