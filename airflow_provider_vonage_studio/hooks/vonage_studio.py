@@ -927,8 +927,8 @@ class VonageStudioHook(BaseHook):
             wait, sent_at = step()
         except CallStateConflict as exc:
             raise CallOutcomeUnknown(
-                f"{exc.message}: another try of this call is dialing it (or has finished), so this "
-                "one does not send it"
+                f"{exc.message}: another try of this call is dialing it or has dialed it, so its "
+                "outcome is unknown to this try, which does not send it again"
             ) from None
         if ledger is not None and wait <= 0:
             ledger.sending = True
