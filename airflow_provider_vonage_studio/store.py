@@ -50,6 +50,7 @@ __all__ = [
     "FAILURE_STATUSES",
     "MAX_STATUS_HISTORY",
     "OUTCOME_VALUES",
+    "PACING_ADVANCE_WINDOWS",
     "PACING_MAX_FACTOR",
     "PACING_NARROW_STEP",
     "PACING_WIDEN",
@@ -87,6 +88,9 @@ OUTCOME_VALUES: tuple[str, ...] = ("answered", *FAILURE_STATUSES)
 PACING_WIDEN = 1.5
 PACING_MAX_FACTOR = 8.0
 PACING_NARROW_STEP = 0.05
+#: How far ahead (in windows) :meth:`CallStore.pace_send` grants leave once the gate's opening
+#: time is known: the longest a killed dialer can leave a call ``sending`` without having sent it.
+PACING_ADVANCE_WINDOWS = 1.5
 
 # Rows fetched per ``IN (...)`` query: well under SQLite's oldest bound-parameter limit (999).
 _CHUNK = 500
@@ -1178,22 +1182,28 @@ class CallStore:
         call_ref: str | None = None,
         now: float | None = None,
     ) -> tuple[float, float | None]:
-        """Ask for leave to send one request of ``key`` now: ``(0.0, sent_at)`` when granted,
-        else ``(seconds to wait before asking again, None)``.
+        """Ask for leave to send one request of ``key``: ``(seconds to wait, sent_at)`` when
+        granted (send at ``sent_at``, epoch seconds, not before), else ``(seconds to wait before
+        asking again, None)``.
 
         The slots of :meth:`reserve_slot` are handed out in advance and only space the
         *requests*; a strict limiter counts *arrivals*, and a request's time on the way varies
-        (a dialer that woke late, a slow connection). So leave is given only once the
-        ``limit``-th most recent request of ``key`` is over (its answer reported to
-        :meth:`pace_feedback`) by at least ``window * factor`` seconds: that request arrived
-        before its answer, so at most ``limit`` arrivals fall in any ``window``, whatever the
-        delays. A request whose answer has not been reported is taken as over one ``window``
-        after it left (a dialer killed mid-request must not stall everyone).
+        (a dialer that woke late, a slow connection). So a request may leave only once every
+        request of ``key`` older than the ``limit - 1`` most recent ones is over (its answer
+        reported to :meth:`pace_feedback`) by at least ``window * factor`` seconds: each of those
+        arrived before its answer, so at most ``limit`` arrivals fall in any ``window``, whatever
+        the delays and in whatever order the requests complete. A request whose answer has not
+        been reported is taken as over one ``window`` after it left (a dialer killed
+        mid-request must not stall everyone).
 
-        On leave, the request is recorded as sent now (``sent_at``, to pass to
-        :meth:`pace_feedback`) and, with ``call_ref``, the call's row goes ``queued`` ->
-        ``sending`` in the same transaction, so a row is ``sending`` only once its request is
-        about to leave.
+        Leave is given in advance: as soon as that opening time is known (every such answer is
+        in, or deemed over) and at most :data:`PACING_ADVANCE_WINDOWS` windows away, the request
+        is recorded as sent at the opening time (``sent_at``, to pass to :meth:`pace_feedback`;
+        the caller sends at or after it, so it is never later than the real send) and, with
+        ``call_ref``, the call's row goes ``queued`` -> ``sending`` in the same transaction, so
+        nothing stands between the caller's wait and its request. A dialer killed in that short
+        final wait leaves its call ``sending`` (outcome unknown, never redialed): exactly-once
+        is kept, at the price of at most that wait.
 
         :raises CallStateConflict: ``call_ref``'s row is not ``queued`` (nothing is changed).
         :raises UnknownCall: there is no such call.
@@ -1206,28 +1216,46 @@ class CallStore:
         if not (math.isfinite(window) and window > 0):
             raise VonageStudioConfigError(f"window: must be a finite number > 0, got {window!r}")
         t = pacing_slots_table
+        # Waiting on an answer not reported yet is the common case while polling: look with a
+        # read-only query (no write lock, no commit); leave is only ever decided under the lock.
+        with self._transaction(write=False) as conn:
+            peek = conn.execute(sa.select(t.c.factor, t.c.recent).where(t.c.key == key)).first()
+        if peek is not None:
+            current = time.time() if now is None else now
+            opens, known = _gate(_recent(peek.recent), _factor(peek.factor), limit, window, current)
+            if not known:
+                return min(max(opens - current, 0.001), 0.01), None
         with self._transaction(write=True) as conn:
             if call_ref is None:
                 _pacing_only(conn)
             row = self._lock_slot(conn, key)
             current = time.time() if now is None else now
             recent = _recent(None if row is None else row.recent)
-            if len(recent) >= limit:
-                sent, done = recent[-limit]
-                over = done if done is not None else sent + window
-                wait = over + window * _factor(None if row is None else row.factor) - current
-                if wait > 0:
-                    # Waiting on an answer not reported yet: look again soon, it may come any moment.
-                    return (min(wait, 0.01) if done is None else wait), None
-            recent = [*recent, [current, None]][-limit:]
+            factor = _factor(None if row is None else row.factor)
+            opens, known = _gate(recent, factor, limit, window, current)
+            if not known:
+                # Waiting on an answer not reported yet: look again soon, it may come any moment.
+                return min(max(opens - current, 0.001), 0.01), None
+            horizon = PACING_ADVANCE_WINDOWS * window
+            if opens - current > horizon:
+                # Known but far (a widened spacing): ask again when it is within the horizon.
+                return opens - current - horizon, None
+            sent = max(opens, current)
+            # Keep the newest limit - 1 requests and every older one that may still hold the gate
+            # (over less than the widest spacing ago), so out-of-order answers are all seen.
+            keep = max(len(recent) - (limit - 1), 0)
+            recent = [
+                entry
+                for index, entry in enumerate(recent)
+                if index >= keep or _over(entry, window) + window * PACING_MAX_FACTOR >= current
+            ]
+            recent.append([sent, None])
             if row is None:
                 conn.execute(
-                    t.insert().values(
-                        key=key, next_at=current, last_sent_at=current, factor=1.0, recent=recent
-                    )
+                    t.insert().values(key=key, next_at=current, last_sent_at=sent, factor=1.0, recent=recent)
                 )
             else:
-                conn.execute(t.update().where(t.c.key == key).values(last_sent_at=current, recent=recent))
+                conn.execute(t.update().where(t.c.key == key).values(last_sent_at=sent, recent=recent))
             if call_ref is not None:
                 calls = calls_table
                 changed = conn.execute(
@@ -1246,7 +1274,7 @@ class CallStore:
                         f"call_ref {call_ref!r}: cannot start sending a call in state {state!r} "
                         "(allowed: queued)"
                     )
-        return 0.0, current
+        return max(sent - current, 0.0), sent
 
     def pace_feedback(
         self,
@@ -1484,6 +1512,29 @@ def _pacing_only(conn: Connection) -> None:
     ledger's writes, including the ``sending`` mark, keep the server's durable commit."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+
+
+def _over(entry: list[Any], window: float) -> float:
+    """When a recent request is over: its reported answer, else one ``window`` after it left."""
+    return entry[1] if entry[1] is not None else entry[0] + window
+
+
+def _gate(
+    recent: list[list[Any]], factor: float, limit: int, window: float, current: float
+) -> tuple[float, bool]:
+    """When the send gate opens (epoch seconds) and whether that is known yet.
+
+    Every request older than the newest ``limit - 1`` must be over ``window * factor`` before
+    the next leaves; an unanswered one not yet deemed over leaves the time unknown (its answer
+    may come any moment and open the gate earlier than the fallback)."""
+    held = recent[: max(len(recent) - (limit - 1), 0)]
+    opens, known = current, True
+    for entry in held:
+        over = _over(entry, window)
+        if entry[1] is None and over > current:
+            known = False
+        opens = max(opens, over + window * factor)
+    return opens, known
 
 
 def _recent(value: Any) -> list[list[Any]]:

@@ -904,8 +904,10 @@ class VonageStudioHook(BaseHook):
         if delay > 0:
             self._sleep(delay)
         while True:
-            # The gate: a request leaves only once the one `limit` requests back has been answered
-            # a full second ago, so arrival jitter cannot put limit + 1 calls in one window.
+            # The gate: a request leaves only once those older than the last `limit - 1` have been
+            # answered a full second ago, so arrival jitter cannot put limit + 1 calls in one window.
+            # Leave comes in advance, for the gate's opening time: the row is already `sending`
+            # then, so nothing but this process's wake-up stands between that time and the request.
             with store.unavailable_as_error(doing):
                 wait, sent_at = self._claim(
                     lambda: store.pace_send(
@@ -913,9 +915,20 @@ class VonageStudioHook(BaseHook):
                     ),
                     ledger,
                 )
-            if wait <= 0:
+            if sent_at is not None:
+                self._sleep_until(sent_at)
                 return sent_at
             self._sleep(wait)
+
+    def _sleep_until(self, at: float) -> None:
+        """Sleep until the epoch time ``at``, never waking before it: a coarse sleep, then the last
+        couple of milliseconds yielding in a loop (a plain sleep may overshoot by a scheduler tick,
+        and every millisecond late here is lost from every dialing cycle)."""
+        while (left := at - time.time()) > 0:
+            if left > 0.002:
+                self._sleep(left - 0.002)
+            else:
+                time.sleep(0)
 
     def _claim(
         self, step: Callable[[], tuple[float, float | None]], ledger: _LedgerRow | None
@@ -930,7 +943,7 @@ class VonageStudioHook(BaseHook):
                 f"{exc.message}: another try of this call is dialing it or has dialed it, so its "
                 "outcome is unknown to this try, which does not send it again"
             ) from None
-        if ledger is not None and wait <= 0:
+        if ledger is not None and (wait <= 0 or sent_at is not None):
             ledger.sending = True
         return wait, sent_at
 

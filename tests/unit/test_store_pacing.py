@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from airflow_provider_vonage_studio.exceptions import UnknownCall, VonageStudioConfigError
 from airflow_provider_vonage_studio.store import (
+    PACING_ADVANCE_WINDOWS,
     PACING_MAX_FACTOR,
     PACING_NARROW_STEP,
     PACING_WIDEN,
@@ -36,25 +37,85 @@ def test_the_gate_waits_for_the_answer_to_the_request_limit_back(store: CallStor
     wait, sent = store.pace_send(KEY, 1.0, limit=1, now=T + 0.5)
     assert sent is None and 0 < wait <= 0.05  # the answer is not in yet: look again soon
     store.pace_feedback(KEY, 1.0, rate_limited=False, sent_at=T, answered_at=T + 0.2, now=T + 0.3)
-    wait, sent = store.pace_send(KEY, 1.0, limit=1, now=T + 1.1)
-    assert sent is None and wait == pytest.approx(0.1, abs=1e-5)
-    assert store.pace_send(KEY, 1.0, limit=1, now=T + 1.2) == (0.0, T + 1.2)
+    # The opening time is known now: leave is given in advance, for that time.
+    wait, sent = store.pace_send(KEY, 1.0, limit=1, now=T + 0.4)
+    assert sent == pytest.approx(T + 1.2, abs=1e-6) and wait == pytest.approx(0.8, abs=1e-5)
+    state = store.pacing_state(KEY)
+    assert state is not None and state.last_sent_at == sent
+    # The request granted for T + 1.2 holds the gate for the next one until its answer.
+    wait, nxt = store.pace_send(KEY, 1.0, limit=1, now=T + 0.5)
+    assert nxt is None and 0 < wait <= 0.05
+    store.pace_feedback(KEY, 1.0, rate_limited=False, sent_at=sent, answered_at=T + 1.3, now=T + 1.3)
+    assert store.pace_send(KEY, 1.0, limit=1, now=T + 2.4) == (0.0, pytest.approx(T + 2.4, abs=1e-6))
+
+
+def test_leave_is_given_in_advance_only_within_the_horizon(store: CallStore) -> None:
+    assert store.pace_send(KEY, 1.0, limit=1, now=T)[1] == T
+    store.pace_feedback(KEY, 1.0, rate_limited=False, sent_at=T, answered_at=T + 0.1, now=T + 0.1)
+    for _ in range(4):  # widened spacing: the gate opens factor windows after the answer
+        store.pace_feedback(KEY, 1.0, rate_limited=True, now=T + 0.1 + 100 * _)
+    factor = store.pacing_state(KEY).factor  # type: ignore[union-attr]
+    opens = T + 0.1 + factor
+    assert opens - (T + 0.2) > PACING_ADVANCE_WINDOWS
+    wait, sent = store.pace_send(KEY, 1.0, limit=1, now=T + 0.2)
+    assert sent is None and wait == pytest.approx(opens - PACING_ADVANCE_WINDOWS - (T + 0.2), abs=1e-5)
+    wait, sent = store.pace_send(KEY, 1.0, limit=1, now=opens - PACING_ADVANCE_WINDOWS)
+    assert sent == pytest.approx(opens, abs=1e-6) and wait == pytest.approx(PACING_ADVANCE_WINDOWS, abs=1e-5)
+
+
+def test_advance_leave_marks_the_row_sending_at_once(store: CallStore) -> None:
+    store.begin_call("vs-early", agent_id="agent-1", destination="447700900123")
+    store.pace_send(KEY, 1.0, now=T)
+    store.pace_feedback(KEY, 1.0, rate_limited=False, sent_at=T, answered_at=T + 0.1, now=T + 0.1)
+    wait, sent = store.pace_send(KEY, 1.0, call_ref="vs-early", now=T + 0.2)
+    assert sent == pytest.approx(T + 1.1, abs=1e-6) and wait > 0
+    assert store.get_call("vs-early").state is CallState.SENDING  # type: ignore[union-attr]
 
 
 def test_an_answer_never_reported_counts_as_over_after_a_window(store: CallStore) -> None:
     assert store.pace_send(KEY, 1.0, limit=1, now=T)[0] == 0.0
-    # The dialer was killed mid-request: nobody reports its answer; the others go on.
-    assert store.pace_send(KEY, 1.0, limit=1, now=T + 1.9)[0] > 0
-    assert store.pace_send(KEY, 1.0, limit=1, now=T + 2.0) == (0.0, T + 2.0)
+    # The dialer was killed mid-request: nobody reports its answer. Until a window has passed
+    # its answer may still come, so the opening time is unknown: look again soon.
+    wait, sent = store.pace_send(KEY, 1.0, limit=1, now=T + 0.9)
+    assert sent is None and 0 < wait <= 0.05
+    # Once it is deemed over (a window after it left), the others go on a window later.
+    assert store.pace_send(KEY, 1.0, limit=1, now=T + 1.5) == (pytest.approx(0.5, abs=1e-5), T + 2.0)
 
 
 def test_the_gate_allows_limit_requests_per_window(store: CallStore) -> None:
     for i in range(3):
-        assert store.pace_send(KEY, 1 / 3, limit=3, now=T + i * 0.01)[0] == 0.0
+        assert store.pace_send(KEY, 1 / 3, limit=3, now=T + i * 0.01) == (0.0, T + i * 0.01)
         store.pace_feedback(KEY, 1 / 3, rate_limited=False, sent_at=T + i * 0.01, now=T + i * 0.01 + 0.005)
-    # A fourth within the second after the first one's answer: refused; after it: allowed.
-    assert store.pace_send(KEY, 1 / 3, limit=3, now=T + 0.9)[0] == pytest.approx(0.105, abs=1e-5)
-    assert store.pace_send(KEY, 1 / 3, limit=3, now=T + 1.005)[0] == 0.0
+    # A fourth: a second after the first one's answer (granted in advance for that time).
+    wait, sent = store.pace_send(KEY, 1 / 3, limit=3, now=T + 0.9)
+    assert sent == pytest.approx(T + 1.005, abs=1e-6) and wait == pytest.approx(0.105, abs=1e-5)
+
+
+def test_an_older_request_answered_late_holds_the_gate(store: CallStore) -> None:
+    # Two calls per second. R1 and R2 leave; R2 is answered at once, R1 not (yet).
+    assert store.pace_send(KEY, 0.5, limit=2, now=T) == (0.0, T)
+    assert store.pace_send(KEY, 0.5, limit=2, now=T + 0.01) == (0.0, T + 0.01)
+    store.pace_feedback(KEY, 0.5, rate_limited=False, sent_at=T + 0.01, answered_at=T + 0.02, now=T + 0.02)
+    # R3 waits for R1, deemed over a window after it left.
+    assert store.pace_send(KEY, 0.5, limit=2, now=T + 2.0) == (0.0, T + 2.0)
+    # R1's answer comes in late: it may have arrived as late as T + 1.5.
+    store.pace_feedback(KEY, 0.5, rate_limited=False, sent_at=T, answered_at=T + 1.5, now=T + 2.05)
+    # R4 must wait for R1 too, though R1 is older than the request `limit` back (R2, long
+    # answered): else R1, R3 and R4 could all arrive within one second.
+    wait, sent = store.pace_send(KEY, 0.5, limit=2, now=T + 2.1)
+    assert sent == pytest.approx(T + 2.5, abs=1e-6) and wait == pytest.approx(0.4, abs=1e-5)
+
+
+def test_leave_in_advance_never_goes_back_before_an_earlier_grant(store: CallStore) -> None:
+    # Two calls per second; R1 answered at T + 0.5, R2 (newer) already at T + 0.1.
+    store.pace_send(KEY, 0.5, limit=2, now=T)
+    store.pace_send(KEY, 0.5, limit=2, now=T + 0.01)
+    store.pace_feedback(KEY, 0.5, rate_limited=False, sent_at=T + 0.01, answered_at=T + 0.1, now=T + 0.1)
+    store.pace_feedback(KEY, 0.5, rate_limited=False, sent_at=T, answered_at=T + 0.5, now=T + 0.5)
+    assert store.pace_send(KEY, 0.5, limit=2, now=T + 0.6)[1] == pytest.approx(T + 1.5, abs=1e-6)
+    # R4 is held by R1 as well as R2: R2's answer alone would let it go at T + 1.1, within a
+    # second of R2's and R1's arrivals.
+    assert store.pace_send(KEY, 0.5, limit=2, now=T + 0.7)[1] == pytest.approx(T + 1.5, abs=1e-6)
 
 
 def test_leave_to_send_and_the_sending_mark_are_one_step(store: CallStore) -> None:
