@@ -12,8 +12,8 @@ How a batch stays exactly-once and paced:
 * recipients are dialed one after another through
   :meth:`VonageStudioHook.make_call <airflow_provider_vonage_studio.hooks.vonage_studio.
   VonageStudioHook.make_call>`, which writes the ledger row ``queued`` before the slot wait,
-  turns it ``sending`` (compare-and-set) immediately before each request, back to ``queued``
-  after each definite "not placed", and completes it after the answer;
+  turns it ``sending`` (compare-and-set) when the send gate grants each request leave, back
+  to ``queued`` after each definite "not placed", and completes it after the answer;
 * at the start of each pass, rows an earlier try left ``sending`` (it died while its request
   may have been on the way) are relabelled ``unknown``: whether that phone rang is unknown, so
   it is reported and never dialed again unless ``redial_unknown`` asks for it. Rows left

@@ -652,10 +652,11 @@ class VonageStudioHook(BaseHook):
     def _dial_recorded(self, body: dict[str, Any], call_ref: str, status_url: str | None) -> CallResult:
         """Dial a call whose ledger row is ``queued`` and record what became of it.
 
-        The row goes ``sending`` only immediately before each request (compare-and-set, inside
-        the pacing step), back to ``queued`` after each definite "not placed", and ends
-        ``placed``, ``rejected`` or ``unknown``. Whatever ends this function before a request
-        left (a store outage, a kill in the slot wait, the 429 time bound) leaves it ``queued``.
+        The row goes ``sending`` only when the send gate grants a request leave (compare-and-set,
+        inside the pacing step; at most a short final wait precedes the request), back to
+        ``queued`` after each definite "not placed", and ends ``placed``, ``rejected`` or
+        ``unknown``. Whatever ends this function before that leave (a store outage, a kill in the
+        slot wait, the 429 time bound) leaves it ``queued``.
         """
         from airflow_provider_vonage_studio.destinations import redact
 
