@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_provider_vonage_studio._compat import BaseHook
 from airflow_provider_vonage_studio.exceptions import (
@@ -1286,19 +1286,26 @@ def parse_parameters_body(data: Any) -> dict[str, str]:
         something else, deeper nesting), naming the keys and types seen, never values: they are
         what callers said.
     """
+    return _unwrapped(data, _parameters_form, "session parameters")
+
+
+_T = TypeVar("_T")
+
+
+def _unwrapped(data: Any, form: Callable[[Any], _T | None], what: str) -> _T:
+    """``form``'s reading of ``data`` or of what up to :data:`INSIGHTS_MAX_WRAPPERS` nested
+    single-key objects wrap; raises :class:`VonageStudioError` naming keys and types only."""
     inner: Any = data
     path: list[str] = []
     while True:
-        found = _parameters_form(inner)
+        found = form(inner)
         if found is not None:
             return found
         if not _is_wrapper(inner) or len(path) == INSIGHTS_MAX_WRAPPERS:
             break
         ((key, inner),) = inner.items()
         path.append(str(key))
-    raise VonageStudioError(
-        "unexpected shape of session parameters from AI Studio: " + _shape_at(data, inner, path)
-    )
+    raise VonageStudioError(f"unexpected shape of {what} from AI Studio: " + _shape_at(data, inner, path))
 
 
 def _parameters_form(data: Any) -> dict[str, str] | None:
@@ -1340,19 +1347,7 @@ def parse_search_body(data: Any) -> tuple[list[dict[str, Any]], int | None]:
     :raises VonageStudioError: for any other shape (no list, two lists, a list of something
         else, deeper nesting), naming the keys and types seen, never values.
     """
-    inner: Any = data
-    path: list[str] = []
-    while True:
-        found = _search_form(inner)
-        if found is not None:
-            return found
-        if not _is_wrapper(inner) or len(path) == INSIGHTS_MAX_WRAPPERS:
-            break
-        ((key, inner),) = inner.items()
-        path.append(str(key))
-    raise VonageStudioError(
-        "unexpected shape of session search results from AI Studio: " + _shape_at(data, inner, path)
-    )
+    return _unwrapped(data, _search_form, "session search results")
 
 
 def _search_form(data: Any) -> tuple[list[dict[str, Any]], int | None] | None:
