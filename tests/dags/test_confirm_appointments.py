@@ -24,7 +24,7 @@ DAG_ID = "confirm_appointments"
 # The session becomes readable this long after the call: long enough that read_confirmation
 # starts before it (after the 1 s answer window and three task starts, which `airflow dags test`
 # makes slower before Airflow 3.3), so it has to wait (and, deferrable, defer).
-INDEX_DELAY = 3.5 if AIRFLOW_V_3_3_PLUS else 15.0
+INDEX_DELAY = 8.0 if AIRFLOW_V_3_3_PLUS else 30.0
 # Before Airflow 3.3, `airflow dags test` does not print what operators log (self.log): only
 # Airflow's own lines, so what our sensors say can be checked from 3.3 on.
 OPERATOR_LOGS_IN_OUTPUT = AIRFLOW_V_3_3_PLUS
