@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1694,14 +1695,33 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first, so that switching to WAL waits for a busy database too.
         cursor.execute("PRAGMA busy_timeout=30000")
         # WAL: readers never block the writer nor each other (persistent per database file).
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         # Safe with WAL (no corruption; at worst the last commits are lost on power loss).
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: Any, *, timeout: float = 30.0) -> None:
+    """Switch the database file to WAL, waiting up to ``timeout`` s for other connections.
+
+    Leaving rollback-journal mode needs an exclusive lock, and SQLite takes it without calling
+    the busy handler: while another process holds a lock (a fresh store or an old one being
+    upgraded, opened by several processes at once) the switch fails at once with "database is
+    locked", whatever busy_timeout says. So it is retried here, briefly, like the busy handler
+    would. Raises ``sqlite3.OperationalError`` when the database stays locked that long.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -820,3 +821,24 @@ def test_recent_calls_filters_in_the_query(store):
     assert [c.call_ref for c in store.recent_calls(3, dag_id="d", run_id="old")] == ["vs-old"]
     assert len(store.recent_calls(10, dag_id="d")) == 6
     assert store.recent_calls(10, dag_id="other") == []
+
+
+def test_first_open_waits_for_a_locked_file_to_switch_to_wal(tmp_path: Path) -> None:
+    """Leaving rollback-journal mode ignores busy_timeout: another process's lock on a fresh (or
+    old, being upgraded) file made the first open fail at once with "database is locked"."""
+    path = tmp_path / "vonage_studio.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE other_process (i INTEGER)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO other_process VALUES (1)")
+    release = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    release.start()
+    store = CallStore(f"sqlite:///{path}")
+    try:
+        assert store.get_call("vs-none") is None
+    finally:
+        release.join()
+        other.close()
+        store.dispose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
