@@ -128,3 +128,28 @@ class CallFailed(VonageStudioError):
     def __init__(self, message: str, call_status: str) -> None:
         super().__init__(message)
         self.call_status = call_status
+
+
+#: HTTP statuses that say "not placed, try again later": 429 and the gateway errors.
+RETRYABLE_STATUSES = (429, 502, 503, 504)
+
+#: AI Studio's 500 that names a configuration problem (not worth retrying).
+PRECONFIGURED_SESSION_MESSAGE = "Failed to fetch preconfigured session information"
+
+
+def error_for(status: int | None, message: str, *, insights: bool = False) -> VonageStudioError:
+    """Map an API status and message to the provider's exception class."""
+    if status == 400:
+        return VonageStudioBadRequest(message, status)
+    if status == 401:
+        return VonageStudioAuthError(message, status)
+    if status == 404:
+        return SessionNotFound(message, status) if insights else VonageStudioAgentNotFound(message, status)
+    if status == 429:
+        return VonageStudioRateLimited(message, status)
+    if status is not None and status >= 500:
+        retryable = status in RETRYABLE_STATUSES and PRECONFIGURED_SESSION_MESSAGE not in message
+        return VonageStudioServerError(message, status, retryable=retryable)
+    if status is None:
+        return VonageStudioConnectionError(message)
+    return VonageStudioError(message, status)

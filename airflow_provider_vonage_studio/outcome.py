@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_vonage_studio.calls import ANSWERED, FAILURE_STATUSES, FINAL_STATUSES
 from airflow_provider_vonage_studio.exceptions import (
     CallFailed,
     CallOutcomeUnknown,
@@ -58,16 +59,6 @@ __all__ = [
     "wait_for_call",
 ]
 
-#: The status inferred when no failure callback arrived within the answer window.
-ANSWERED = "answered"
-
-#: Statuses AI Studio posts to ``status_url``. The same tuple as
-#: ``store.FAILURE_STATUSES``; repeated here so that importing this module (at DAG parse
-#: time) does not import SQLAlchemy. A unit test keeps the two equal.
-FAILURE_STATUSES: tuple[str, ...] = ("cancelled", "rejected", "busy", "timeout", "failed")
-
-#: Every status a finished call can end with.
-FINAL_STATUSES: tuple[str, ...] = (ANSWERED, *FAILURE_STATUSES)
 
 #: Default ``answer_window``. Carriers and AI Studio give up ringing after about 60 s and
 #: post ``timeout`` shortly after; 90 s leaves room for that callback to arrive before a

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +39,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+# The domain types live in calls.py; they are re-exported here, where they were defined before.
+from airflow_provider_vonage_studio.calls import (
+    FAILURE_STATUSES,
+    OUTCOME_VALUES,
+    CallRecord,
+    CallState,
+    RecordOutcome,
+)
 from airflow_provider_vonage_studio.exceptions import (
     CallStoreUnavailable,
     UnknownCall,
@@ -76,13 +83,6 @@ SCHEMA_VERSION = 3
 #: further statuses are refused (``RecordOutcome.HISTORY_FULL``) instead of stored.
 MAX_STATUS_HISTORY = 20
 
-#: Statuses AI Studio posts to ``status_url`` (only when the callee did not pick up).
-FAILURE_STATUSES: tuple[str, ...] = ("cancelled", "rejected", "busy", "timeout", "failed")
-
-#: Verdicts :meth:`CallStore.record_outcome` accepts: ``answered`` (inferred by the waiting
-#: task) or a failure status.
-OUTCOME_VALUES: tuple[str, ...] = ("answered", *FAILURE_STATUSES)
-
 #: Adaptive pacing (:meth:`CallStore.pace_feedback`): a 429 multiplies a key's spacing by
 #: ``PACING_WIDEN`` (up to ``PACING_MAX_FACTOR`` times the floor); each accepted call takes
 #: ``PACING_NARROW_STEP`` off the factor again, back down to 1.0 (the floor).
@@ -103,41 +103,6 @@ _UUID_MAX = 255
 _KEY_MAX = 255
 
 
-class CallState(str, Enum):
-    """Where a call stands in the exactly-once ledger (see docs/guarantees.md).
-
-    ``QUEUED`` -> ``SENDING`` -> ``PLACED`` / ``REJECTED`` / ``UNKNOWN``; a definite "not
-    placed" between attempts (429, 502/503/504, a refused connection) puts ``SENDING`` back
-    to ``QUEUED``. ``PENDING`` is the name of ``SENDING`` before schema version 3 (kept as an
-    alias for one release; ``CallState("pending")`` also reads as ``SENDING``).
-    """
-
-    QUEUED = "queued"  # row written, nothing sent yet: a later try may dial it
-    SENDING = "sending"  # the request is (or may be) on its way: a later try must not redial
-    PLACED = "placed"  # the API answered with a session id
-    REJECTED = "rejected"  # the API refused it: definitely not placed
-    UNKNOWN = "unknown"  # sent, no answer: never re-dialed without being asked
-    PENDING = "sending"  # deprecated alias of SENDING (the state's name before schema version 3)
-
-    @classmethod
-    def _missing_(cls, value: object) -> CallState | None:
-        # Rows written before schema version 3 said "pending" for what is now "sending".
-        return cls.SENDING if value == "pending" else None
-
-
-class RecordOutcome(str, Enum):
-    """What :meth:`CallStore.record_status` (or ``record_statuses``) did with a status callback."""
-
-    RECORDED = "recorded"  # first status of the call: now the call's status
-    DUPLICATE = "duplicate"  # same (status, conversation_uuid) seen before: nothing written
-    HISTORY = "history"  # a later, different status: kept in the history only
-    UNKNOWN_CALL = "unknown_call"  # no such call_ref: nothing written
-    MISMATCH = "mismatch"  # names another destination than the call's (StatusUpdate.to): nothing written
-    NOT_PLACED = "not_placed"  # placed_only and the call is not PLACED: nothing written
-    STALE = "stale"  # max_age and the call (or its token) is older than that: nothing written
-    HISTORY_FULL = "history_full"  # the call already has max_history statuses: nothing written
-
-
 class StoreSchemaTooNew(VonageStudioError):
     """The store was written by a newer provider release than the one running here.
 
@@ -153,36 +118,6 @@ class _StatusBatchRaced(VonageStudioError):
 class CallStateConflict(VonageStudioError):
     """A state change was asked of a call in a state that does not allow it
     (for example restarting a call that was already placed)."""
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One row of the call ledger. Datetimes are timezone-aware UTC."""
-
-    call_ref: str
-    agent_id: str
-    destination: str
-    state: CallState
-    dag_id: str | None
-    run_id: str | None
-    task_id: str | None
-    map_index: int
-    recipient_key: str | None
-    session_id: str | None
-    session_start_time: datetime | None
-    error_status: int | None
-    error_message: str | None
-    status: str | None
-    status_at: datetime | None
-    conversation_uuid: str | None
-    callback_payload: dict[str, Any] | None
-    parameters: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-    #: The final verdict the waiting task reported (``answered`` or a failure status) and when
-    #: it was stored; ``None`` until a sensor or waiting operator decided (schema version 2).
-    outcome: str | None = None
-    outcome_at: datetime | None = None
 
 
 @dataclass(frozen=True)

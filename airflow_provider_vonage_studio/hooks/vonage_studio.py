@@ -21,20 +21,18 @@ from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_provider_vonage_studio._compat import BaseHook
-from airflow_provider_vonage_studio.exceptions import (
+from airflow_provider_vonage_studio.exceptions import (  # error_for & co. re-exported: their old home
+    PRECONFIGURED_SESSION_MESSAGE,  # noqa: F401
+    RETRYABLE_STATUSES,
     CallOutcomeUnknown,
     CallPlacedNotRecorded,
     CallStoreUnavailable,
     DoNotCall,
-    SessionNotFound,
-    VonageStudioAgentNotFound,
-    VonageStudioAuthError,
-    VonageStudioBadRequest,
     VonageStudioConfigError,
     VonageStudioConnectionError,
     VonageStudioError,
     VonageStudioRateLimited,
-    VonageStudioServerError,
+    error_for,
 )
 from airflow_provider_vonage_studio.timeutil import is_date_only, to_utc
 
@@ -57,8 +55,6 @@ MIN_CALLBACK_SECRET_LENGTH = 16
 CONNECT_TIMEOUT = 10.0
 MAKE_CALL_PATH = "/telephony/make-call"
 # The seed's 500 that means "this agent has no preconfigured session": configuration, not an outage.
-PRECONFIGURED_SESSION_MESSAGE = "Failed to fetch preconfigured session information"
-RETRYABLE_STATUSES = (429, 502, 503, 504)
 INSIGHTS_MAX_RANGE = timedelta(days=60)
 #: How many single-key wrapper objects (``{"data": ...}``, ``{"result": ...}``) around an Insights
 #: body are looked through; deeper bodies are refused rather than searched.
@@ -1241,24 +1237,6 @@ class VonageStudioHook(BaseHook):
 
 
 # -- pure helpers (module level so they can be tested directly) ---------------------------------------
-
-
-def error_for(status: int | None, message: str, *, insights: bool = False) -> VonageStudioError:
-    """Map an API status and message to the provider's exception class."""
-    if status == 400:
-        return VonageStudioBadRequest(message, status)
-    if status == 401:
-        return VonageStudioAuthError(message, status)
-    if status == 404:
-        return SessionNotFound(message, status) if insights else VonageStudioAgentNotFound(message, status)
-    if status == 429:
-        return VonageStudioRateLimited(message, status)
-    if status is not None and status >= 500:
-        retryable = status in RETRYABLE_STATUSES and PRECONFIGURED_SESSION_MESSAGE not in message
-        return VonageStudioServerError(message, status, retryable=retryable)
-    if status is None:
-        return VonageStudioConnectionError(message)
-    return VonageStudioError(message, status)
 
 
 def parse_api_time(value: str, field: str = "session_start_time") -> datetime:
