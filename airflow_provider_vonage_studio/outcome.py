@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -45,11 +45,14 @@ __all__ = [
     "FINAL_STATUSES",
     "PENDING_TIMEOUT",
     "CallOutcome",
+    "RoundResult",
     "answer_deadline",
     "check_call",
     "error_event",
     "error_from_event",
     "evaluate_call",
+    "evaluate_round",
+    "next_delay",
     "normalize_answer_window",
     "normalize_fail_on",
     "normalize_interval",
@@ -57,6 +60,7 @@ __all__ = [
     "record_verdict",
     "record_verdicts",
     "wait_for_call",
+    "wait_for_calls",
 ]
 
 
@@ -339,6 +343,77 @@ def check_call(
     )
 
 
+@dataclass(frozen=True)
+class RoundResult:
+    """What one poll round decided about the calls it looked at.
+
+    ``decided`` maps each call_ref with a final status to its :class:`CallOutcome`;
+    ``errors`` each call_ref that will never have one (the error :func:`evaluate_call`
+    raised); ``next_deadline`` is the earliest answer deadline among the calls still
+    undecided (``None`` when none is placed and silent), so a waiter can wake exactly then.
+    Both mappings keep the order of the refs given.
+    """
+
+    decided: dict[str, CallOutcome]
+    errors: dict[str, VonageStudioError]
+    next_deadline: datetime | None
+
+
+def evaluate_round(
+    records: Mapping[str, CallRecord | None],
+    call_refs: Iterable[str],
+    *,
+    now: datetime,
+    answer_window: timedelta,
+    fail_on: Iterable[str] = FAILURE_STATUSES,
+    pending_timeout: timedelta = PENDING_TIMEOUT,
+) -> RoundResult:
+    """Evaluate every call of ``call_refs`` against its row in ``records`` (a missing row is
+    ``None``); pure. The one round of every waiting loop: :func:`wait_for_call`,
+    :func:`wait_for_calls` and the deferrable ``CallStatusTrigger``.
+    """
+    fail_on = normalize_fail_on(fail_on)
+    decided: dict[str, CallOutcome] = {}
+    errors: dict[str, VonageStudioError] = {}
+    deadlines: list[datetime] = []
+    for ref in call_refs:
+        record = records.get(ref)
+        try:
+            outcome = evaluate_call(
+                record,
+                now=now,
+                answer_window=answer_window,
+                fail_on=fail_on,
+                call_ref=ref,
+                pending_timeout=pending_timeout,
+            )
+        except VonageStudioError as exc:
+            errors[ref] = exc
+            continue
+        if outcome is not None:
+            decided[ref] = outcome
+        elif record is not None:
+            deadline = answer_deadline(record, answer_window)
+            if deadline is not None:
+                deadlines.append(deadline)
+    return RoundResult(decided, errors, min(deadlines) if deadlines else None)
+
+
+def next_delay(
+    poll_interval: float, now: datetime, deadline: datetime | None, *, left: float | None = None
+) -> float:
+    """Seconds until the next round: ``poll_interval``, but no later than just past
+    ``deadline`` (the first silent call then becomes ``answered``, so the wait ends exactly
+    there rather than up to one interval later) and no later than ``left`` seconds.
+    """
+    delay = poll_interval
+    if deadline is not None:
+        delay = min(delay, max((deadline - now).total_seconds(), 0.0) + 0.01)
+    if left is not None:
+        delay = min(delay, left)
+    return delay
+
+
 def wait_for_call(
     store: CallStore,
     call_ref: str,
@@ -361,24 +436,66 @@ def wait_for_call(
     started = time.monotonic()
     while True:
         now = datetime.now(timezone.utc)
-        record = store.get_call(call_ref)
-        outcome = evaluate_call(
-            record, now=now, answer_window=answer_window, fail_on=fail_on, call_ref=call_ref
-        )
-        if outcome is not None:
-            return outcome
-        delay = poll_interval
-        deadline = answer_deadline(record, answer_window) if record is not None else None
-        if deadline is not None:
-            delay = min(delay, max((deadline - now).total_seconds(), 0.0) + 0.01)
+        records = {call_ref: store.get_call(call_ref)}
+        result = evaluate_round(records, (call_ref,), now=now, answer_window=answer_window, fail_on=fail_on)
+        if call_ref in result.errors:
+            raise result.errors[call_ref]
+        if call_ref in result.decided:
+            return result.decided[call_ref]
+        left = None
         if timeout is not None:
             left = timeout - (time.monotonic() - started)
             if left <= 0:
                 raise TimeoutError(f"call {call_ref}: no outcome within {timeout:g}s")
-            delay = min(delay, left)
+        delay = next_delay(poll_interval, now, result.next_deadline, left=left)
         if log is not None:
             log("Call %s: no outcome yet; checking again in %.1fs", call_ref, delay)
         sleep(delay)
+
+
+def wait_for_calls(
+    store: CallStore,
+    call_refs: Sequence[str],
+    *,
+    answer_window: timedelta,
+    poll_interval: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], datetime] | None = None,
+    logger: Any = None,
+) -> dict[str, tuple[str | None, str | None]]:
+    """Poll the store (one ``get_calls`` per round for all of them) until every call has its
+    final status; return ``{call_ref: (status, None)}``, or ``(None, why)`` for a call that
+    will never have one (unknown outcome, refused, not in the store). Never raises for a
+    call's outcome: no status fails here (``fail_on=()``).
+
+    The in-process twin of ``CallStatusTrigger(call_refs=...)``; both decide with
+    :func:`evaluate_round`.
+    """
+    clock = now or (lambda: datetime.now(timezone.utc))
+    logger = logger or _log
+    waiting = list(dict.fromkeys(call_refs))
+    decided: dict[str, tuple[str | None, str | None]] = {}
+    while waiting:
+        records = store.get_calls(waiting)
+        current = clock()
+        result = evaluate_round(records, waiting, now=current, answer_window=answer_window, fail_on=())
+        for ref in waiting:
+            if ref in result.errors:
+                decided[ref] = (None, result.errors[ref].message)
+            elif ref in result.decided:
+                decided[ref] = (result.decided[ref].status, None)
+        waiting = [ref for ref in waiting if ref not in decided]
+        if not waiting:
+            break
+        delay = next_delay(poll_interval, current, result.next_deadline)
+        logger.info(
+            "Waiting for the status of %d of %d call(s); next check in %.1fs",
+            len(waiting),
+            len(call_refs),
+            delay,
+        )
+        sleep(delay)
+    return decided
 
 
 # --------------------------------------------------------------------- trigger events

@@ -33,9 +33,12 @@ from airflow_provider_vonage_studio.outcome import (
     error_event,
     error_from_event,
     evaluate_call,
+    evaluate_round,
+    next_delay,
     normalize_answer_window,
     normalize_fail_on,
     wait_for_call,
+    wait_for_calls,
 )
 from airflow_provider_vonage_studio.sensors.vonage_studio import CallStatusSensor, resolve_call_ref
 from airflow_provider_vonage_studio.store import CallRecord, CallState, CallStore, calls_table
@@ -276,6 +279,70 @@ def test_wait_for_call_timeout() -> None:
             timeout=0.05,
             sleep=lambda s: None,
         )
+
+
+def test_evaluate_round_decides_errors_and_earliest_deadline() -> None:
+    records = {
+        "vs-busy": _record(call_ref="vs-busy", status="busy", status_at=T0),
+        "vs-late": _record(call_ref="vs-late", session_start_time=T0 + timedelta(seconds=30)),
+        "vs-early": _record(call_ref="vs-early", session_start_time=T0 + timedelta(seconds=10)),
+        "vs-queued": _record(call_ref="vs-queued", state="queued"),
+    }
+    refs = ["vs-busy", "vs-late", "vs-missing", "vs-early", "vs-queued"]
+    result = evaluate_round(records, refs, now=T0 + timedelta(seconds=20), answer_window=WINDOW, fail_on=())
+    assert list(result.decided) == ["vs-busy"] and result.decided["vs-busy"].status == "busy"
+    assert list(result.errors) == ["vs-missing"] and isinstance(result.errors["vs-missing"], UnknownCall)
+    # The earliest deadline among the undecided placed calls (the queued one has none).
+    assert result.next_deadline == T0 + timedelta(seconds=10) + WINDOW
+    failing = evaluate_round(records, ["vs-busy"], now=T0, answer_window=WINDOW, fail_on=("busy",))
+    assert isinstance(failing.errors["vs-busy"], CallFailed) and not failing.decided
+
+
+def test_next_delay_wakes_just_past_the_deadline_and_within_what_is_left() -> None:
+    assert next_delay(5.0, T0, None) == 5.0
+    assert next_delay(5.0, T0, T0 + timedelta(seconds=2)) == pytest.approx(2.01)
+    assert next_delay(5.0, T0, T0 - timedelta(seconds=2)) == pytest.approx(0.01)
+    assert next_delay(5.0, T0, T0 + timedelta(seconds=2), left=1.0) == 1.0
+
+
+def test_wait_for_calls_returns_status_or_why_for_each_call() -> None:
+    clock = [T0]
+    rows = {
+        "vs-silent": _record(call_ref="vs-silent"),
+        "vs-unknown": _record(call_ref="vs-unknown", state="unknown", error_message="read timed out"),
+    }
+    reads: list[list[str]] = []
+
+    class Store:
+        def get_calls(self, refs: list[str]) -> dict[str, CallRecord]:
+            reads.append(list(refs))
+            return {ref: rows[ref] for ref in refs if ref in rows}
+
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock[0] += timedelta(seconds=seconds)
+        if len(sleeps) == 1:  # a failure callback arrives during the first wait
+            rows["vs-late-busy"] = _record(call_ref="vs-late-busy", status="busy", status_at=clock[0])
+
+    rows["vs-late-busy"] = _record(call_ref="vs-late-busy")
+    result = wait_for_calls(
+        Store(),  # type: ignore[arg-type]
+        ["vs-silent", "vs-unknown", "vs-missing", "vs-late-busy", "vs-silent"],
+        answer_window=WINDOW,
+        poll_interval=40,
+        sleep=sleep,
+        now=lambda: clock[0],
+    )
+    assert result["vs-silent"] == (ANSWERED, None)
+    assert result["vs-late-busy"] == ("busy", None)
+    assert result["vs-unknown"][0] is None and "read timed out" in str(result["vs-unknown"][1])
+    assert result["vs-missing"][0] is None and "no such call" in str(result["vs-missing"][1])
+    assert reads[0] == ["vs-silent", "vs-unknown", "vs-missing", "vs-late-busy"]
+    assert reads[1] == ["vs-silent", "vs-late-busy"]  # decided calls are not read again
+    # Polls every 40 s until the answer window (90 s) is near its end, then wakes just past it.
+    assert sleeps == [40, 40, pytest.approx(10.01)]
 
 
 # ------------------------------------------------------------------------------- trigger
