@@ -28,6 +28,8 @@ from airflow_provider_vonage_studio.store import (
     calls_table,
     configured_store_url,
 )
+from airflow_provider_vonage_studio.store import pacing as store_pacing
+from airflow_provider_vonage_studio.store import schema as store_schema
 
 # The store_url / store fixtures come from tests.store_fixtures (loaded by the tests' conftest).
 from tests.store_fixtures import reserve_slots_in_processes
@@ -142,8 +144,9 @@ def test_older_schema_is_migrated_once(
         applied.append(later)
         conn.execute(sa.text("ALTER TABLE vonage_studio_do_not_call ADD COLUMN note TEXT"))
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", later)
-    monkeypatch.setattr(store_module, "_MIGRATIONS", {**store_module._MIGRATIONS, later: add_note_column})
+    # The schema room reads both at call time (the package's names are re-exported copies).
+    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", later)
+    monkeypatch.setattr(store_schema, "_MIGRATIONS", {**store_schema._MIGRATIONS, later: add_note_column})
     for _ in range(2):
         upgraded = CallStore(store_url)
         upgraded.get_call("x")
@@ -455,7 +458,7 @@ def test_reserve_slot_sequence(store: CallStore) -> None:
 
 
 def test_reserve_slot_uses_clock(store: CallStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module.time, "time", lambda: 1234.5)
+    monkeypatch.setattr(store_pacing.time, "time", lambda: 1234.5)
     assert store.reserve_slot("agent-a", 1.0) == 1234.5
     assert store.reserve_slot("agent-a", 1.0) == 1235.5
 

@@ -1,0 +1,257 @@
+"""The store's tables, column types and schema migrations (SQLAlchemy Core metadata).
+
+:func:`ensure_schema` creates missing tables and records, checks or migrates the schema
+version; it reads :data:`SCHEMA_VERSION` and :data:`_MIGRATIONS` from this module at call
+time (tests patch them here).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from airflow_provider_vonage_studio.calls import CallState
+from airflow_provider_vonage_studio.store.errors import StoreSchemaTooNew
+
+#: Version of the table layout this code writes. Bump it together with an entry in
+#: ``_MIGRATIONS`` whenever a table changes.
+SCHEMA_VERSION = 3
+
+
+# Rows fetched per ``IN (...)`` query: well under SQLite's oldest bound-parameter limit (999).
+_CHUNK = 500
+# Column widths of the values that take part in keys; checked up front so a caller gets a
+# message naming the field instead of a backend-specific DataError.
+_CALL_REF_MAX = 64
+_STATUS_MAX = 64
+_UUID_MAX = 255
+_KEY_MAX = 255
+
+
+# --------------------------------------------------------------------------- column types
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Aware UTC datetime; naive values are taken to be UTC (as the API's own timestamps are)."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# Not subscripted (TypeDecorator[datetime]): the class is not generic at runtime on SQLAlchemy 1.4.
+class _UTCDateTime(sa.types.TypeDecorator):
+    """``DateTime(timezone=True)`` that always binds and returns aware UTC.
+
+    SQLite has no time zones: SQLAlchemy writes the wall-clock fields and reads back a
+    naive datetime, so values are normalised to UTC on the way in and tagged UTC on the
+    way out. PostgreSQL returns the session's zone, which is converted to UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.engine.Dialect) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.engine.Dialect) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+
+class _JSONText(sa.types.TypeDecorator):
+    """JSON kept as plain text, so both backends (and any SQL client) read it alike."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.engine.Dialect) -> str | None:
+        # default=str: a callback payload must never be lost over an odd value type.
+        return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+
+    def process_result_value(self, value: str | None, dialect: sa.engine.Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+# --------------------------------------------------------------------------------- tables
+
+metadata = sa.MetaData()
+
+calls_table = sa.Table(
+    "vonage_studio_calls",
+    metadata,
+    sa.Column("call_ref", sa.String(_CALL_REF_MAX), primary_key=True),
+    # 250 = Airflow's own ID length for dag/task/run ids.
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("task_id", sa.String(250)),
+    sa.Column("map_index", sa.Integer, nullable=False, default=-1),
+    sa.Column("recipient_key", sa.Text),
+    sa.Column("agent_id", sa.Text, nullable=False),
+    sa.Column("destination", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("session_id", sa.String(_UUID_MAX)),
+    sa.Column("session_start_time", _UTCDateTime),
+    sa.Column("error_status", sa.Integer),
+    sa.Column("error_message", sa.Text),
+    sa.Column("status", sa.String(_STATUS_MAX)),
+    sa.Column("status_at", _UTCDateTime),
+    sa.Column("conversation_uuid", sa.String(_UUID_MAX)),
+    sa.Column("callback_payload", _JSONText),
+    sa.Column("parameters", _JSONText),
+    sa.Column("created_at", _UTCDateTime, nullable=False),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+    # Schema version 2: the waiting task's final verdict (AI Studio never reports "answered").
+    sa.Column("outcome", sa.String(_STATUS_MAX)),
+    sa.Column("outcome_at", _UTCDateTime),
+    sa.Index("ix_vonage_studio_calls_dag_run", "dag_id", "run_id"),
+    sa.Index("ix_vonage_studio_calls_state", "state"),
+    # recent_calls() orders by it; without the index that is a full scan of a growing ledger.
+    sa.Index("ix_vonage_studio_calls_created_at", "created_at"),
+)
+
+status_events_table = sa.Table(
+    "vonage_studio_call_status_events",
+    metadata,
+    # BIGINT on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("call_ref", sa.String(_CALL_REF_MAX), nullable=False),
+    sa.Column("status", sa.String(_STATUS_MAX), nullable=False),
+    # "" instead of NULL: NULLs never collide in a unique constraint, so two identical
+    # callbacks without a conversation_uuid would both be stored.
+    sa.Column("conversation_uuid", sa.String(_UUID_MAX), nullable=False, default=""),
+    sa.Column("event_timestamp", _UTCDateTime),
+    sa.Column("payload", _JSONText, nullable=False),
+    sa.Column("received_at", _UTCDateTime, nullable=False),
+    # The duplicate detector: a second identical callback fails this constraint atomically,
+    # however many receivers race. Its index (call_ref first) also serves status_history().
+    sa.UniqueConstraint("call_ref", "status", "conversation_uuid", name="uq_vonage_studio_call_status_event"),
+)
+
+pacing_slots_table = sa.Table(
+    "vonage_studio_pacing_slots",
+    metadata,
+    sa.Column("key", sa.String(_KEY_MAX), primary_key=True),
+    sa.Column("next_at", sa.Float, nullable=False),  # epoch seconds; FLOAT is double precision on PostgreSQL
+    # Schema version 3 (all nullable: added in place to older stores). When the last request
+    # of this key left (epoch seconds), the adaptive widening of the spacing (1.0 = none) and
+    # when it was last widened.
+    sa.Column("last_sent_at", sa.Float),
+    sa.Column("factor", sa.Float),
+    sa.Column("widened_at", sa.Float),
+    # The last few requests as [[sent_at, answered_at or null], ...], oldest first (CallStore.pace_send).
+    sa.Column("recent", _JSONText),
+)
+
+do_not_call_table = sa.Table(
+    "vonage_studio_do_not_call",
+    metadata,
+    sa.Column("number", sa.String(_KEY_MAX), primary_key=True),
+    sa.Column("reason", sa.Text),
+    sa.Column("added_at", _UTCDateTime, nullable=False),
+)
+
+schema_version_table = sa.Table(
+    "vonage_studio_schema_version",
+    metadata,
+    # A fixed primary key (always 1) makes "single row" a constraint rather than a hope.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+def _add_missing_columns(conn: Connection, table: sa.Table, names: Sequence[str]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of ``names`` that ``table`` lacks in the database.
+
+    Checking first keeps a migration idempotent (a column added by hand, or a rerun after a
+    partial upgrade on a backend without transactional DDL); the type is rendered from the
+    column's definition in ``metadata``, so the DDL matches what ``create_all`` would create.
+    Only nullable columns without defaults can be added this way on every backend.
+    """
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    preparer = conn.dialect.identifier_preparer
+    for name in names:
+        if name in present:
+            continue
+        column = table.c[name]
+        column_type = column.type.compile(dialect=conn.dialect)
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {column_type}"
+            )
+        )
+
+
+def _add_call_outcome(conn: Connection) -> None:
+    """Version 2: ``vonage_studio_calls.outcome`` and ``outcome_at`` (the waiting task's verdict)."""
+    _add_missing_columns(conn, calls_table, ("outcome", "outcome_at"))
+
+
+def _two_phase_ledger(conn: Connection) -> None:
+    """Version 3: the adaptive pacing columns, and ``pending`` rows renamed ``sending``.
+
+    A version-2 ``pending`` row was written before the slot wait, so it may or may not have
+    been sent: ``sending`` (unknown if found by a later try, never redialed) is the safe
+    reading; no row can be proven ``queued`` after the fact.
+    """
+    _add_missing_columns(conn, pacing_slots_table, ("last_sent_at", "factor", "widened_at", "recent"))
+    conn.execute(
+        calls_table.update().where(calls_table.c.state == "pending").values(state=CallState.SENDING.value)
+    )
+
+
+#: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
+#: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
+#: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
+#: any table that did not exist (a new database is created at the current version directly and
+#: runs none). Bump ``SCHEMA_VERSION`` together with a new entry; steps must be idempotent.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_call_outcome, 3: _two_phase_ledger}
+
+
+def ensure_schema(conn: Connection, display_url: str) -> None:
+    """Create missing tables, then record, check or migrate the schema version, on ``conn``
+    (a write transaction; ``display_url`` names the store in errors).
+
+    Raises :class:`StoreSchemaTooNew` when the store was written by a newer release.
+    """
+    if conn.dialect.name == "postgresql":
+        # Two processes creating the same table at once: the loser would fail
+        # on pg_type's unique index. A transaction-scoped advisory lock per
+        # schema serialises them (SQLite's BEGIN IMMEDIATE already does).
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtext(:tag || coalesce(current_schema(), '')))"),
+            {"tag": "vonage_studio_schema:"},
+        )
+    metadata.create_all(conn, checkfirst=True)
+    found = conn.execute(
+        sa.select(schema_version_table.c.version).where(schema_version_table.c.id == 1)
+    ).scalar_one_or_none()
+    if found is None:
+        conn.execute(schema_version_table.insert().values(id=1, version=SCHEMA_VERSION))
+    elif found > SCHEMA_VERSION:
+        raise StoreSchemaTooNew(
+            f"store_url {display_url}: the call store has schema version {found}, "
+            f"newer than this provider release understands ({SCHEMA_VERSION}); upgrade "
+            "airflow-provider-vonage-studio on this machine"
+        )
+    elif found < SCHEMA_VERSION:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            _MIGRATIONS[version](conn)
+        conn.execute(
+            schema_version_table.update().where(schema_version_table.c.id == 1).values(version=SCHEMA_VERSION)
+        )
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    """``items`` in slices of :data:`_CHUNK` (one ``IN (...)`` query each)."""
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
