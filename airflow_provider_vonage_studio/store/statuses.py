@@ -8,7 +8,7 @@ of each update is :func:`_decide`, the writes are :func:`_lock_calls`, :func:`_s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -134,202 +134,24 @@ class Statuses(StoreBase):
         keeps (64 / 255 characters), or ``max_age`` / ``max_history`` are not positive;
         database errors roll the whole batch back.
         """
-        if max_age is not None and (not isinstance(max_age, timedelta) or max_age <= timedelta(0)):
-            raise VonageStudioConfigError(f"max_age: must be a positive timedelta, got {max_age!r}")
-        if max_history is not None and (
-            not isinstance(max_history, int) or isinstance(max_history, bool) or max_history < 1
-        ):
-            raise VonageStudioConfigError(f"max_history: must be an int >= 1 or None, got {max_history!r}")
+        _check_limits(max_age, max_history)
         items = list(updates)
-        uuids = []
-        for item in items:
-            if not item.status or len(item.status) > _STATUS_MAX:
-                raise VonageStudioConfigError(
-                    f"status of call_ref {item.call_ref!r}: must be 1..{_STATUS_MAX} characters, "
-                    f"got {len(item.status)}"
-                )
-            uuid = item.conversation_uuid or ""
-            if len(uuid) > _UUID_MAX:
-                raise VonageStudioConfigError(
-                    f"conversation_uuid of call_ref {item.call_ref!r}: must be at most {_UUID_MAX} "
-                    f"characters, got {len(uuid)}"
-                )
-            uuids.append(uuid)
+        uuids = _checked_uuids(items)
         if not items:
             return []
-        now = _utcnow() if now is None else _as_utc(now)
-        outcomes: list[RecordOutcome] = []
-        calls, events = calls_table, status_events_table
+        rules = _Rules(
+            destination_matches=destination_matches,
+            placed_only=placed_only,
+            max_age=max_age,
+            max_history=max_history,
+            now=_utcnow() if now is None else _as_utc(now),
+        )
         with self._transaction(write=True) as conn:
-            destinations: dict[str, str] = {}
-            has_status: set[str] = set()
-            states: dict[str, str] = {}
-            started: dict[str, datetime | None] = {}
-            for chunk in _chunks(sorted({item.call_ref for item in items})):
-                # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers),
-                # taken in call_ref order: every writer of a call's history holds the call's row
-                # first, so batches sharing calls queue up instead of deadlocking on each other's
-                # history rows, the history keeps the order of each batch, and the status read
-                # here stays true until the commit.
-                rows = conn.execute(
-                    sa.select(
-                        calls.c.call_ref,
-                        calls.c.destination,
-                        calls.c.status,
-                        calls.c.state,
-                        calls.c.session_start_time,
-                    )
-                    .where(calls.c.call_ref.in_(chunk))
-                    .order_by(calls.c.call_ref)
-                    .with_for_update()
-                )
-                for ref, destination, status, state, session_start_time in rows:
-                    destinations[ref] = destination
-                    states[ref] = state
-                    started[ref] = session_start_time
-                    if status is not None:
-                        has_status.add(ref)
-            # The history of the calls that already have a status, read only now that their rows
-            # are locked: a separate statement sees every row committed by a batch that held the
-            # lock before us (a subquery of the locking SELECT would use the snapshot taken before
-            # it waited). It gives each call's history size (the cap) and which statuses are stored
-            # (a repeat is a DUPLICATE without an INSERT). A call without a status has no history:
-            # its first status and its first row are written together.
-            counted: dict[str, int] = {}
-            stored: set[tuple[str, str, str]] = set()
-            for chunk in _chunks(sorted(has_status)):
-                for ref, stored_status, stored_uuid in conn.execute(
-                    sa.select(events.c.call_ref, events.c.status, events.c.conversation_uuid).where(
-                        events.c.call_ref.in_(chunk)
-                    )
-                ):
-                    counted[ref] = counted.get(ref, 0) + 1
-                    stored.add((ref, stored_status, stored_uuid or ""))
-
-            def decide(
-                insert: Callable[[dict[str, Any]], bool],
-            ) -> tuple[list[RecordOutcome], dict[str, int]]:
-                """Each update's outcome, given how a new history row is inserted; and, per call
-                that gets its first status, the index of the update that sets it."""
-                outcomes: list[RecordOutcome] = []
-                sizes = dict(counted)
-                seen: set[tuple[str, str, str]] = set()
-                first_new: dict[str, int] = {}  # call_ref -> index of its first new history row
-                for index, (item, uuid) in enumerate(zip(items, uuids, strict=True)):
-                    destination = destinations.get(item.call_ref)
-                    if destination is None:
-                        outcomes.append(RecordOutcome.UNKNOWN_CALL)
-                        continue
-                    # Compared with the enum's value, not a literal: state names may change between
-                    # schema versions, PLACED is what "AI Studio accepted the call" is called.
-                    if placed_only and states[item.call_ref] != CallState.PLACED.value:
-                        outcomes.append(RecordOutcome.NOT_PLACED)
-                        continue
-                    if max_age is not None:
-                        since = [t for t in (started[item.call_ref], item.issued_at) if t is not None]
-                        if since and now - min(_as_utc(t) for t in since) > max_age:
-                            outcomes.append(RecordOutcome.STALE)
-                            continue
-                    if item.to is not None and not (
-                        destination_matches(item.to, destination)
-                        if destination_matches is not None
-                        else item.to == destination
-                    ):
-                        outcomes.append(RecordOutcome.MISMATCH)
-                        continue
-                    key = (item.call_ref, item.status, uuid)
-                    if key in stored or key in seen:
-                        # A repeat of a stored status is a duplicate (AI Studio retrying), even when
-                        # the history is full; so is a repeat within the batch, which is not sent.
-                        outcomes.append(RecordOutcome.DUPLICATE)
-                        continue
-                    if max_history is not None and sizes.get(item.call_ref, 0) >= max_history:
-                        outcomes.append(RecordOutcome.HISTORY_FULL)
-                        continue
-                    # A conflicting INSERT is skipped, not failed (the transaction carries on with the
-                    # rest of the batch): a DUPLICATE.
-                    new = insert(
-                        {
-                            "call_ref": item.call_ref,
-                            "status": item.status,
-                            "conversation_uuid": uuid,
-                            "event_timestamp": item.timestamp,
-                            "payload": item.payload,
-                            "received_at": now,
-                        }
-                    )
-                    seen.add(key)
-                    if not new:
-                        outcomes.append(RecordOutcome.DUPLICATE)
-                        continue
-                    sizes[item.call_ref] = sizes.get(item.call_ref, 0) + 1
-                    outcomes.append(RecordOutcome.HISTORY)
-                    if item.call_ref not in has_status:
-                        first_new.setdefault(item.call_ref, index)
-                return outcomes, first_new
-
-            # Fast path: plan the batch as if every new history row went in, then insert them all
-            # with one statement. The rows of the calls are locked, so only a row stored outside
-            # that rule (a history row of a call without a status) can conflict; then the count
-            # differs, what went in is undone and the batch is inserted row by row, each conflict
-            # deciding a DUPLICATE exactly as before.
-            planned: list[dict[str, Any]] = []
-
-            def plan(row: dict[str, Any]) -> bool:
-                planned.append(row)
-                return True
-
-            outcomes, first_new = decide(plan)
-            if planned and not _inserted_all(conn, events, planned):
-                insert_event = _insert_ignoring_conflicts(conn, events)
-                outcomes, first_new = decide(lambda row: _inserted(conn.execute(insert_event, row)))
+            calls = _lock_calls(conn, {item.call_ref for item in items})
+            _read_history(conn, calls)
+            outcomes, first_new = _insert_history(conn, items, uuids, calls, rules)
             if first_new:
-                # "status IS NULL" keeps the first status even against a writer that does not
-                # lock the row first: its UPDATE then matches no row. All calls in one
-                # executemany. Should any of them have got a status meanwhile (the total count
-                # says so; the lock taken above makes it impossible, short of a writer bypassing
-                # this code), SQLite rolls the savepoint back and sets each on its own; on
-                # PostgreSQL, where a savepoint is two more round trips per batch, the whole
-                # batch is refused instead (rolled back: nothing recorded, never misreported).
-                set_first = (
-                    calls.update()
-                    .where(calls.c.call_ref == sa.bindparam("ref"), calls.c.status.is_(None))
-                    .values(
-                        status=sa.bindparam("new_status"),
-                        status_at=sa.bindparam("new_status_at"),
-                        conversation_uuid=sa.bindparam("new_uuid"),
-                        callback_payload=sa.bindparam("new_payload", type_=_JSONText()),
-                        updated_at=now,
-                    )
-                )
-                params = [
-                    {
-                        "ref": call_ref,
-                        "new_status": items[index].status,
-                        "new_status_at": items[index].timestamp or now,
-                        "new_uuid": items[index].conversation_uuid or None,
-                        "new_payload": items[index].payload,
-                    }
-                    for call_ref, index in first_new.items()
-                ]
-                update_savepoint = (
-                    conn.begin_nested() if len(params) > 1 and conn.dialect.name != "postgresql" else None
-                )
-                if conn.execute(set_first, params).rowcount == len(params):
-                    if update_savepoint is not None:
-                        update_savepoint.commit()
-                    for index in first_new.values():
-                        outcomes[index] = RecordOutcome.RECORDED
-                elif update_savepoint is not None:
-                    update_savepoint.rollback()
-                    for param, index in zip(params, first_new.values(), strict=True):
-                        if conn.execute(set_first, param).rowcount:
-                            outcomes[index] = RecordOutcome.RECORDED
-                elif len(params) > 1:
-                    raise _StatusBatchRaced(
-                        "a call of the batch got its first status from a writer that did not lock it; "
-                        "the batch was rolled back"
-                    )
+                _set_first_statuses(conn, items, first_new, outcomes, rules.now)
         return outcomes
 
     def status_history(self, call_ref: str) -> list[dict[str, Any]]:
@@ -352,6 +174,272 @@ class Statuses(StoreBase):
             }
             for row in rows
         ]
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The checks :meth:`Statuses.record_statuses` was asked for, and its ``now``."""
+
+    destination_matches: Callable[[str, str], bool] | None
+    placed_only: bool
+    max_age: timedelta | None
+    max_history: int | None
+    now: datetime
+
+
+@dataclass
+class _LockedCalls:
+    """The batch's calls as read under their row locks (absent refs: no such call)."""
+
+    destinations: dict[str, str] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
+    started: dict[str, datetime | None] = field(default_factory=dict)
+    #: Calls that already have their first status (and so a history).
+    has_status: set[str] = field(default_factory=set)
+    #: History size of each call in ``has_status``, and its stored (call_ref, status, uuid) keys.
+    counted: dict[str, int] = field(default_factory=dict)
+    stored: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+def _check_limits(max_age: timedelta | None, max_history: int | None) -> None:
+    """Raise :class:`VonageStudioConfigError` for a ``max_age`` / ``max_history`` that is not positive."""
+    if max_age is not None and (not isinstance(max_age, timedelta) or max_age <= timedelta(0)):
+        raise VonageStudioConfigError(f"max_age: must be a positive timedelta, got {max_age!r}")
+    if max_history is not None and (
+        not isinstance(max_history, int) or isinstance(max_history, bool) or max_history < 1
+    ):
+        raise VonageStudioConfigError(f"max_history: must be an int >= 1 or None, got {max_history!r}")
+
+
+def _checked_uuids(items: list[StatusUpdate]) -> list[str]:
+    """Each update's ``conversation_uuid`` as stored (``""`` for none), in order.
+
+    Raises :class:`VonageStudioConfigError` for an empty or over-long ``status`` or an over-long
+    ``conversation_uuid``.
+    """
+    uuids = []
+    for item in items:
+        if not item.status or len(item.status) > _STATUS_MAX:
+            raise VonageStudioConfigError(
+                f"status of call_ref {item.call_ref!r}: must be 1..{_STATUS_MAX} characters, "
+                f"got {len(item.status)}"
+            )
+        uuid = item.conversation_uuid or ""
+        if len(uuid) > _UUID_MAX:
+            raise VonageStudioConfigError(
+                f"conversation_uuid of call_ref {item.call_ref!r}: must be at most {_UUID_MAX} "
+                f"characters, got {len(uuid)}"
+            )
+        uuids.append(uuid)
+    return uuids
+
+
+def _lock_calls(conn: Connection, refs: set[str]) -> _LockedCalls:
+    """Read (and on PostgreSQL lock) the rows of the calls ``refs``, one query per 500."""
+    calls = calls_table
+    found = _LockedCalls()
+    for chunk in _chunks(sorted(refs)):
+        # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers),
+        # taken in call_ref order: every writer of a call's history holds the call's row
+        # first, so batches sharing calls queue up instead of deadlocking on each other's
+        # history rows, the history keeps the order of each batch, and the status read
+        # here stays true until the commit.
+        rows = conn.execute(
+            sa.select(
+                calls.c.call_ref,
+                calls.c.destination,
+                calls.c.status,
+                calls.c.state,
+                calls.c.session_start_time,
+            )
+            .where(calls.c.call_ref.in_(chunk))
+            .order_by(calls.c.call_ref)
+            .with_for_update()
+        )
+        for ref, destination, status, state, session_start_time in rows:
+            found.destinations[ref] = destination
+            found.states[ref] = state
+            found.started[ref] = session_start_time
+            if status is not None:
+                found.has_status.add(ref)
+    return found
+
+
+def _read_history(conn: Connection, calls: _LockedCalls) -> None:
+    """Fill in ``calls.counted`` and ``calls.stored`` from the history of the calls with a status.
+
+    Read only once their rows are locked: a separate statement sees every row committed by a
+    batch that held the lock before us (a subquery of the locking SELECT would use the snapshot
+    taken before it waited). It gives each call's history size (the cap) and which statuses are
+    stored (a repeat is a DUPLICATE without an INSERT). A call without a status has no history:
+    its first status and its first row are written together.
+    """
+    events = status_events_table
+    for chunk in _chunks(sorted(calls.has_status)):
+        for ref, stored_status, stored_uuid in conn.execute(
+            sa.select(events.c.call_ref, events.c.status, events.c.conversation_uuid).where(
+                events.c.call_ref.in_(chunk)
+            )
+        ):
+            calls.counted[ref] = calls.counted.get(ref, 0) + 1
+            calls.stored.add((ref, stored_status, stored_uuid or ""))
+
+
+def _refusal(item: StatusUpdate, calls: _LockedCalls, rules: _Rules) -> RecordOutcome | None:
+    """Why ``item`` is refused before its history is looked at (unknown call, not placed, stale,
+    another destination), or ``None``."""
+    destination = calls.destinations.get(item.call_ref)
+    if destination is None:
+        return RecordOutcome.UNKNOWN_CALL
+    # Compared with the enum's value, not a literal: state names may change between
+    # schema versions, PLACED is what "AI Studio accepted the call" is called.
+    if rules.placed_only and calls.states[item.call_ref] != CallState.PLACED.value:
+        return RecordOutcome.NOT_PLACED
+    if rules.max_age is not None:
+        since = [t for t in (calls.started[item.call_ref], item.issued_at) if t is not None]
+        if since and rules.now - min(_as_utc(t) for t in since) > rules.max_age:
+            return RecordOutcome.STALE
+    if item.to is not None and not (
+        rules.destination_matches(item.to, destination)
+        if rules.destination_matches is not None
+        else item.to == destination
+    ):
+        return RecordOutcome.MISMATCH
+    return None
+
+
+def _decide(
+    items: list[StatusUpdate],
+    uuids: list[str],
+    calls: _LockedCalls,
+    rules: _Rules,
+    insert: Callable[[dict[str, Any]], bool],
+) -> tuple[list[RecordOutcome], dict[str, int]]:
+    """Each update's outcome, given how a new history row is inserted (``insert`` says whether
+    it went in); and, per call that gets its first status, the index of the update that sets it."""
+    outcomes: list[RecordOutcome] = []
+    sizes = dict(calls.counted)
+    seen: set[tuple[str, str, str]] = set()
+    first_new: dict[str, int] = {}  # call_ref -> index of its first new history row
+    for index, (item, uuid) in enumerate(zip(items, uuids, strict=True)):
+        refused = _refusal(item, calls, rules)
+        if refused is not None:
+            outcomes.append(refused)
+            continue
+        key = (item.call_ref, item.status, uuid)
+        if key in calls.stored or key in seen:
+            # A repeat of a stored status is a duplicate (AI Studio retrying), even when
+            # the history is full; so is a repeat within the batch, which is not sent.
+            outcomes.append(RecordOutcome.DUPLICATE)
+            continue
+        if rules.max_history is not None and sizes.get(item.call_ref, 0) >= rules.max_history:
+            outcomes.append(RecordOutcome.HISTORY_FULL)
+            continue
+        # A conflicting INSERT is skipped, not failed (the transaction carries on with the
+        # rest of the batch): a DUPLICATE.
+        new = insert(
+            {
+                "call_ref": item.call_ref,
+                "status": item.status,
+                "conversation_uuid": uuid,
+                "event_timestamp": item.timestamp,
+                "payload": item.payload,
+                "received_at": rules.now,
+            }
+        )
+        seen.add(key)
+        if not new:
+            outcomes.append(RecordOutcome.DUPLICATE)
+            continue
+        sizes[item.call_ref] = sizes.get(item.call_ref, 0) + 1
+        outcomes.append(RecordOutcome.HISTORY)
+        if item.call_ref not in calls.has_status:
+            first_new.setdefault(item.call_ref, index)
+    return outcomes, first_new
+
+
+def _insert_history(
+    conn: Connection, items: list[StatusUpdate], uuids: list[str], calls: _LockedCalls, rules: _Rules
+) -> tuple[list[RecordOutcome], dict[str, int]]:
+    """Insert the batch's new history rows; :func:`_decide`'s outcomes and first statuses.
+
+    Fast path: plan the batch as if every new history row went in, then insert them all
+    with one statement. The rows of the calls are locked, so only a row stored outside
+    that rule (a history row of a call without a status) can conflict; then the count
+    differs, what went in is undone and the batch is inserted row by row, each conflict
+    deciding a DUPLICATE exactly as before.
+    """
+    events = status_events_table
+    planned: list[dict[str, Any]] = []
+
+    def plan(row: dict[str, Any]) -> bool:
+        planned.append(row)
+        return True
+
+    outcomes, first_new = _decide(items, uuids, calls, rules, plan)
+    if planned and not _inserted_all(conn, events, planned):
+        insert_event = _insert_ignoring_conflicts(conn, events)
+        outcomes, first_new = _decide(
+            items, uuids, calls, rules, lambda row: _inserted(conn.execute(insert_event, row))
+        )
+    return outcomes, first_new
+
+
+def _set_first_statuses(
+    conn: Connection,
+    items: list[StatusUpdate],
+    first_new: dict[str, int],
+    outcomes: list[RecordOutcome],
+    now: datetime,
+) -> None:
+    """Set each call's first status from ``items[first_new[call_ref]]``; mark those ``RECORDED``.
+
+    "status IS NULL" keeps the first status even against a writer that does not lock the row
+    first: its UPDATE then matches no row. All calls in one executemany. Should any of them have
+    got a status meanwhile (the total count says so; the lock taken in :func:`_lock_calls` makes
+    it impossible, short of a writer bypassing this code), SQLite rolls the savepoint back and
+    sets each on its own; on PostgreSQL, where a savepoint is two more round trips per batch, the
+    whole batch is refused instead (:class:`_StatusBatchRaced`, rolled back: nothing recorded,
+    never misreported).
+    """
+    calls = calls_table
+    set_first = (
+        calls.update()
+        .where(calls.c.call_ref == sa.bindparam("ref"), calls.c.status.is_(None))
+        .values(
+            status=sa.bindparam("new_status"),
+            status_at=sa.bindparam("new_status_at"),
+            conversation_uuid=sa.bindparam("new_uuid"),
+            callback_payload=sa.bindparam("new_payload", type_=_JSONText()),
+            updated_at=now,
+        )
+    )
+    params = [
+        {
+            "ref": call_ref,
+            "new_status": items[index].status,
+            "new_status_at": items[index].timestamp or now,
+            "new_uuid": items[index].conversation_uuid or None,
+            "new_payload": items[index].payload,
+        }
+        for call_ref, index in first_new.items()
+    ]
+    update_savepoint = conn.begin_nested() if len(params) > 1 and conn.dialect.name != "postgresql" else None
+    if conn.execute(set_first, params).rowcount == len(params):
+        if update_savepoint is not None:
+            update_savepoint.commit()
+        for index in first_new.values():
+            outcomes[index] = RecordOutcome.RECORDED
+    elif update_savepoint is not None:
+        update_savepoint.rollback()
+        for param, index in zip(params, first_new.values(), strict=True):
+            if conn.execute(set_first, param).rowcount:
+                outcomes[index] = RecordOutcome.RECORDED
+    elif len(params) > 1:
+        raise _StatusBatchRaced(
+            "a call of the batch got its first status from a writer that did not lock it; "
+            "the batch was rolled back"
+        )
 
 
 def _insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> Any:
