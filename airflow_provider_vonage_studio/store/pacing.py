@@ -119,10 +119,7 @@ class Pacing(StoreBase):
             ``window`` that is not a positive finite number.
         """
         _check_pacing(key, interval_seconds)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise VonageStudioConfigError(f"limit: must be an integer 1..1000, got {limit!r}")
-        if not (math.isfinite(window) and window > 0):
-            raise VonageStudioConfigError(f"window: must be a finite number > 0, got {window!r}")
+        _check_gate(limit, window)
         t = pacing_slots_table
         # Waiting on an answer not reported yet is the common case while polling: look with a
         # read-only query (no write lock, no commit); leave is only ever decided under the lock.
@@ -132,7 +129,7 @@ class Pacing(StoreBase):
             current = time.time() if now is None else now
             opens, known = _gate(_recent(peek.recent), _factor(peek.factor), limit, window, current)
             if not known:
-                return min(max(opens - current, 0.001), 0.01), None
+                return _poll_delay(opens, current), None
         with self._transaction(write=True) as conn:
             if call_ref is None:
                 _pacing_only(conn)
@@ -143,20 +140,13 @@ class Pacing(StoreBase):
             opens, known = _gate(recent, factor, limit, window, current)
             if not known:
                 # Waiting on an answer not reported yet: look again soon, it may come any moment.
-                return min(max(opens - current, 0.001), 0.01), None
+                return _poll_delay(opens, current), None
             horizon = PACING_ADVANCE_WINDOWS * window
             if opens - current > horizon:
                 # Known but far (a widened spacing): ask again when it is within the horizon.
                 return opens - current - horizon, None
             sent = max(opens, current)
-            # Keep the newest limit - 1 requests and every older one that may still hold the gate
-            # (over less than the widest spacing ago), so out-of-order answers are all seen.
-            keep = max(len(recent) - (limit - 1), 0)
-            recent = [
-                entry
-                for index, entry in enumerate(recent)
-                if index >= keep or _over(entry, window) + window * PACING_MAX_FACTOR >= current
-            ]
+            recent = _trim_recent(recent, limit, window, current)
             recent.append([sent, None])
             if row is None:
                 conn.execute(
@@ -165,23 +155,7 @@ class Pacing(StoreBase):
             else:
                 conn.execute(t.update().where(t.c.key == key).values(last_sent_at=sent, recent=recent))
             if call_ref is not None:
-                calls = calls_table
-                changed = conn.execute(
-                    calls.update()
-                    .where(calls.c.call_ref == call_ref, calls.c.state == CallState.QUEUED.value)
-                    .values(state=CallState.SENDING.value, updated_at=_utcnow())
-                ).rowcount
-                if not changed:
-                    state = conn.execute(
-                        sa.select(calls.c.state).where(calls.c.call_ref == call_ref)
-                    ).scalar_one_or_none()
-                    # Raising rolls the transaction back: the send is not recorded.
-                    if state is None:
-                        raise UnknownCall(f"call_ref {call_ref!r}: no such call in the call store")
-                    raise CallStateConflict(
-                        f"call_ref {call_ref!r}: cannot start sending a call in state {state!r} "
-                        "(allowed: queued)"
-                    )
+                _mark_sending(conn, call_ref)
         return max(sent - current, 0.0), sent
 
     def pace_feedback(
@@ -278,6 +252,56 @@ class Pacing(StoreBase):
             )
             row = conn.execute(query).first()
         return row
+
+
+def _check_gate(limit: int, window: float) -> None:
+    """Raise :class:`VonageStudioConfigError` for a gate ``limit`` outside 1..1000 or a ``window``
+    that is not a positive finite number."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise VonageStudioConfigError(f"limit: must be an integer 1..1000, got {limit!r}")
+    if not (math.isfinite(window) and window > 0):
+        raise VonageStudioConfigError(f"window: must be a finite number > 0, got {window!r}")
+
+
+def _poll_delay(opens: float, current: float) -> float:
+    """How long to wait before asking again while an answer is outstanding: soon (it may come
+    any moment), between 1 and 10 ms."""
+    return min(max(opens - current, 0.001), 0.01)
+
+
+def _trim_recent(recent: list[list[Any]], limit: int, window: float, current: float) -> list[list[Any]]:
+    """The recent requests worth keeping: the newest ``limit - 1`` and every older one that may
+    still hold the gate (over less than the widest spacing ago), so out-of-order answers are
+    all seen."""
+    keep = max(len(recent) - (limit - 1), 0)
+    return [
+        entry
+        for index, entry in enumerate(recent)
+        if index >= keep or _over(entry, window) + window * PACING_MAX_FACTOR >= current
+    ]
+
+
+def _mark_sending(conn: Connection, call_ref: str) -> None:
+    """Compare-and-set ``call_ref``'s row ``queued`` -> ``sending`` inside the pacing transaction.
+
+    :raises UnknownCall: there is no such call.
+    :raises CallStateConflict: the row is not ``queued``. Raising rolls the transaction back:
+        the send is not recorded.
+    """
+    calls = calls_table
+    changed = conn.execute(
+        calls.update()
+        .where(calls.c.call_ref == call_ref, calls.c.state == CallState.QUEUED.value)
+        .values(state=CallState.SENDING.value, updated_at=_utcnow())
+    ).rowcount
+    if changed:
+        return
+    state = conn.execute(sa.select(calls.c.state).where(calls.c.call_ref == call_ref)).scalar_one_or_none()
+    if state is None:
+        raise UnknownCall(f"call_ref {call_ref!r}: no such call in the call store")
+    raise CallStateConflict(
+        f"call_ref {call_ref!r}: cannot start sending a call in state {state!r} (allowed: queued)"
+    )
 
 
 def _check_pacing(key: str, interval_seconds: float) -> None:
