@@ -213,14 +213,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 def callbacks_serve(args: argparse.Namespace) -> None:
     """``callbacks serve``: run the receiver until interrupted.
 
-    :raises SystemExit: when the connection cannot be read or has no ``callback_secret``
-        (the receiver could verify no token).
+    :raises SystemExit: when ``[vonage_studio] callback_max_age`` is malformed (one line naming
+        it), or the connection cannot be read or has no ``callback_secret`` (the receiver could
+        verify no token).
     """
     import uvicorn
 
-    from airflow_provider_vonage_studio.callbacks.app import connection_secrets, create_app
+    from airflow_provider_vonage_studio.callbacks.app import (
+        connection_secrets,
+        create_app,
+        resolve_callback_max_age,
+    )
+    from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
     from airflow_provider_vonage_studio.store import CallStore
 
+    try:
+        # Checked first, as a configuration error rather than a traceback from create_app.
+        max_age = resolve_callback_max_age()
+    except VonageStudioConfigError as exc:
+        raise SystemExit(f"error: {exc.message}") from None
     try:
         secrets = connection_secrets(args.conn_id)
     except Exception as exc:
@@ -235,6 +246,7 @@ def callbacks_serve(args: argparse.Namespace) -> None:
         store=store,
         conn_id=args.conn_id,
         outcome_view="public" if args.outcome_view else "off",
+        callback_max_age=max_age,
     )
     print(
         f"Vonage AI Studio callback receiver on http://{args.host}:{args.port} (store {store!r})", flush=True

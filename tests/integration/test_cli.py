@@ -206,6 +206,27 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Path, entry: str) -> 
     assert "callback_secret" in proc.stderr + proc.stdout
 
 
+@ENTRIES
+def test_serve_with_a_bad_callback_max_age_is_one_line_naming_the_setting(tmp_path: Path, entry: str) -> None:
+    proc = subprocess.run(
+        [*_command(entry), "callbacks", "serve", "--port", str(_free_port())],
+        env=_env(
+            tmp_path,
+            AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT=conn_json(callback_secret=TEST_SECRET),
+            AIRFLOW__VONAGE_STUDIO__CALLBACK_MAX_AGE="six hours",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = proc.stderr + proc.stdout
+    assert proc.returncode != 0, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if "[vonage_studio] callback_max_age" in line]
+    assert len(errors) == 1, output
+    assert errors[0].startswith("error: ") and "number of seconds" in errors[0], output
+
+
 # ------------------------------------------------------------------------------------- dnc
 
 
