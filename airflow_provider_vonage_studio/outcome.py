@@ -48,8 +48,6 @@ __all__ = [
     "RoundResult",
     "answer_deadline",
     "check_call",
-    "error_event",
-    "error_from_event",
     "evaluate_call",
     "evaluate_round",
     "next_delay",
@@ -498,38 +496,14 @@ def wait_for_calls(
     return decided
 
 
-# --------------------------------------------------------------------- trigger events
+def __getattr__(name: str) -> Any:
+    # error_event / error_from_event moved to events.py (the trigger-event format), which sits
+    # above this module: importable from here for one release, loaded only when asked for.
+    if name in ("error_event", "error_from_event"):
+        from airflow_provider_vonage_studio import events
 
-# Errors a trigger event may name; anything else comes back as the base class.
-_EVENT_ERRORS: dict[str, type[VonageStudioError]] = {
-    cls.__name__: cls
-    for cls in (UnknownCall, CallFailed, CallRejectedEarlier, CallOutcomeUnknown, VonageStudioError)
-}
-
-
-def error_event(exc: VonageStudioError, call_ref: str | None = None) -> dict[str, Any]:
-    """The JSON-safe description of ``exc`` that travels in a ``TriggerEvent``."""
-    event: dict[str, Any] = {
-        "status": "error",
-        "message": exc.message,
-        "error_type": type(exc).__name__,
-        "error_status": exc.status,
-    }
-    if call_ref is not None:
-        event["call_ref"] = call_ref
-    if isinstance(exc, CallFailed):
-        event["call_status"] = exc.call_status
-    return event
-
-
-def error_from_event(event: Mapping[str, Any]) -> VonageStudioError:
-    """Rebuild the error an ``error`` event describes (the inverse of :func:`error_event`)."""
-    message = str(event.get("message") or "the call status trigger reported an error")
-    cls = _EVENT_ERRORS.get(str(event.get("error_type")), VonageStudioError)
-    if cls is CallFailed:
-        return CallFailed(message, str(event.get("call_status") or ""))
-    status = event.get("error_status")
-    return cls(message, status if isinstance(status, int) else None)
+        return getattr(events, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _human(delta: timedelta) -> str:

@@ -13,12 +13,10 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow_provider_vonage_studio._compat import (
-    AirflowException,
-    AirflowFailException,
-    BaseOperator,
-    default_deferrable,
-)
+from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator, default_deferrable
+
+# fail_task moved to events.py; importable from here for one release.
+from airflow_provider_vonage_studio.events import fail_task, resume
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
 from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
@@ -33,14 +31,6 @@ if TYPE_CHECKING:
     from airflow_provider_vonage_studio._compat import Context
     from airflow_provider_vonage_studio.batch import BatchDialer, BatchReport, Recipient
     from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
-
-
-def fail_task(exc: VonageStudioError) -> Exception:
-    """The exception a task should raise for ``exc``: non-retryable errors end the task
-    without Airflow task retries (a retry could only repeat the same refusal)."""
-    if exc.retryable:
-        return exc
-    return AirflowFailException(str(exc))
 
 
 def ti_identity(context: Context) -> dict[str, Any]:
@@ -282,15 +272,14 @@ class MakeCallOperator(BaseOperator):
         self, context: Context, event: dict[str, Any] | None = None, call: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Resume after the trigger: the placed call plus its ``status`` (never dials)."""
-        from airflow_provider_vonage_studio.sensors.vonage_studio import (
-            raise_for_trigger_event,
-            record_event_verdict,
-        )
+        from airflow_provider_vonage_studio.outcome import record_verdict
 
-        record_event_verdict(event, lambda: self.hook.store, self.log)
-        event = raise_for_trigger_event(event)
-        self.log.info("Call %s ended: %s", event.get("call_ref"), event["call_status"])
-        return {**(call or {}), "status": event["call_status"]}
+        def on_verdict(call_ref: str, status: str) -> None:
+            record_verdict(lambda: self.hook.store, call_ref, status, log=self.log)
+
+        payload = resume(event, "call_status", on_verdict=on_verdict)
+        self.log.info("Call %s ended: %s", payload["call_ref"], payload["call_status"])
+        return {**(call or {}), "status": payload["call_status"]}
 
     # -- calling window (MakeCallOperator) -------------------------------------------------------
 
@@ -616,17 +605,7 @@ class MakeCallsOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Resume after the status trigger: report every recipient from the ledger (never dials)."""
-        if not isinstance(event, dict) or "call_statuses" not in event:
-            raise AirflowFailException(f"the call status trigger ended without a usable event: {event!r}")
-        if event.get("status") == "error" and not event.get("errors"):
-            # The trigger gave up on the store itself (not on a call): a task retry waits again,
-            # and dials nobody again (the ledger says who was placed).
-            raise AirflowException(f"waiting for the batch's statuses failed: {event.get('message')}")
-        statuses: dict[str, tuple[str | None, str | None]] = {
-            ref: (status, None) for ref, status in (event.get("call_statuses") or {}).items()
-        }
-        for ref, error in (event.get("errors") or {}).items():
-            statuses[ref] = ((error or {}).get("call_status"), (error or {}).get("message"))
+        statuses = resume(event, "call_statuses")
         try:
             report = self.dialer(self.hook, context).run(self.plan(), dial=False)
         except VonageStudioError as exc:

@@ -6,33 +6,36 @@ trigger machinery at top level (both load inside ``execute``/``poke``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_vonage_studio._compat import AirflowException, BaseSensorOperator, default_deferrable
+from airflow_provider_vonage_studio._compat import BaseSensorOperator, default_deferrable
+from airflow_provider_vonage_studio.events import fail_task, resume
 from airflow_provider_vonage_studio.exceptions import CallFailed, VonageStudioConfigError, VonageStudioError
-from airflow_provider_vonage_studio.operators.vonage_studio import fail_task
 from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
     FAILURE_STATUSES,
     CallOutcome,
     check_call,
-    error_from_event,
     normalize_answer_window,
     normalize_fail_on,
     open_store,
     record_verdict,
 )
 
+# Kept importable from here for one release (they moved to results.py, beside the triggers).
+from airflow_provider_vonage_studio.results import check_call_result, record_event_verdict
+from airflow_provider_vonage_studio.results import parameter_names as _parameter_names
+
 if TYPE_CHECKING:
     from airflow.sdk import PokeReturnValue
 
     from airflow_provider_vonage_studio._compat import Context
-    from airflow_provider_vonage_studio.store import CallStore
 
 __all__ = [
     "CallStatusSensor",
+    "check_call_result",
     "check_call_status",
     "raise_for_trigger_event",
     "record_event_verdict",
@@ -89,38 +92,18 @@ def check_call_status(
     return outcome
 
 
-def record_event_verdict(
-    event: Mapping[str, Any] | None,
-    store: CallStore | str | Callable[[], CallStore] | None,
-    log: Any = None,
-) -> None:
-    """Store the verdict a status trigger's event carries (a ``success`` event's ``call_status``,
-    or an ``error`` event's for a status in ``fail_on``), in the worker that resumed. Never raises.
-
-    ``store`` as for :func:`~airflow_provider_vonage_studio.outcome.record_verdict`.
-    """
-    if not isinstance(event, Mapping):
-        return
-    call_ref, status = event.get("call_ref"), event.get("call_status")
-    if isinstance(call_ref, str) and isinstance(status, str):
-        record_verdict(store, call_ref, status, log=log)
-
-
 def raise_for_trigger_event(event: dict[str, Any] | None) -> dict[str, Any]:
     """Return a ``success`` event from :class:`CallStatusTrigger`; raise for anything else.
+
+    Kept for one release: :func:`~airflow_provider_vonage_studio.events.resume` with
+    ``expect="call_status"`` is the reader now.
 
     :raises AirflowFailException: for an ``error`` event about the call (unknown, refused,
         outcome unknown, a status in ``fail_on``): re-checking cannot change it.
     :raises AirflowException: for a ``retryable`` one (the store could not be read: a task
         retry waits again), or when no event arrived.
     """
-    if not event:
-        raise AirflowException("the call status trigger ended without an event")
-    if event.get("status") != "success" and event.get("retryable"):
-        raise AirflowException(str(event.get("message") or "the call status trigger failed"))
-    if event.get("status") != "success":
-        raise fail_task(error_from_event(event))
-    return event
+    return dict(resume(event, "call_status"))
 
 
 class CallStatusSensor(BaseSensorOperator):
@@ -225,113 +208,17 @@ class CallStatusSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after :class:`CallStatusTrigger`: return its status or fail like :meth:`poke`."""
-        record_event_verdict(event, self.store_url, self.log)
-        event = raise_for_trigger_event(event)
-        status = str(event["call_status"])
-        self.log.info("Call %s ended: %s (reported by the trigger)", event.get("call_ref"), status)
+        payload = resume(event, "call_status", on_verdict=self._record_verdict)
+        status = payload["call_status"]
+        self.log.info("Call %s ended: %s (reported by the trigger)", payload["call_ref"], status)
         return status
+
+    def _record_verdict(self, call_ref: str, status: str) -> None:
+        record_verdict(self.store_url, call_ref, status, log=self.log)
 
 
 # ----------------------------------------------------------------------------- CallResultSensor
 # What the conversation collected (AI Studio Insights), as opposed to the call's status above.
-
-# evaluate_call() is asked for failures only: with this window an unreported call is never
-# taken as "answered" (whether parameters exist decides that here), yet the sum with a start
-# time stays far from datetime's limits.
-_NO_ANSWER_INFERENCE = timedelta(days=36500)
-
-
-def _parameter_names(value: Any) -> tuple[str, ...]:
-    """``required_parameters`` (rendered) as a tuple of names; one string is one name.
-
-    :raises VonageStudioConfigError: naming ``required_parameters`` for anything but names.
-    """
-    if value is None:
-        return ()
-    items = (value,) if isinstance(value, str) else tuple(value)
-    bad = [item for item in items if not isinstance(item, str) or not item.strip()]
-    if bad:
-        raise VonageStudioConfigError(f"required_parameters: expected parameter names, got {bad!r}")
-    return tuple(dict.fromkeys(item.strip() for item in items))
-
-
-def check_call_result(
-    *,
-    hook: Any,
-    call_ref: str | None = None,
-    session_id: str | None = None,
-    session_start_time: Any = None,
-    required_parameters: Sequence[str] = (),
-    fail_on: Iterable[str] = FAILURE_STATUSES,
-    store_url: str | None = None,
-) -> dict[str, Any] | None:
-    """One check of a call's Insights parameters; ``None`` means "keep waiting".
-
-    Shared by :class:`CallResultSensor` (poke) and
-    :class:`~airflow_provider_vonage_studio.triggers.vonage_studio.CallResultTrigger` (in a
-    thread). Blocking: it reads the call store and calls the API through ``hook`` (a
-    :class:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook`).
-
-    With ``call_ref`` the call's row comes first: a failure status recorded by the callback
-    receiver (``busy``, ``timeout``, ...) ends the wait at once, since such a call never
-    produces parameters; the session id and start time are the row's. Otherwise
-    ``session_id`` and ``session_start_time`` name the session directly.
-
-    Returns a JSON-safe dict with ``call_ref``, ``session_id``, ``parameters`` (the dict read,
-    or ``None``) and ``call_status`` (``None``, or a failure status not in ``fail_on``).
-    Keeps waiting (``None``) while the dial is still being recorded, while Insights answers
-    404 (not indexed yet), and while a name in ``required_parameters`` is missing or empty.
-
-    :raises UnknownCall: ``call_ref`` names no call in the store.
-    :raises CallFailed: the call's status is in ``fail_on``.
-    :raises CallRejectedEarlier: AI Studio refused the call when it was placed.
-    :raises CallOutcomeUnknown: whether the call was placed is unknown.
-    :raises VonageStudioAuthError: 401 from Insights (bad key, or a parameter it refused).
-    :raises VonageStudioError: anything else the hook raises (connection errors after its retries,
-        an unknown body shape).
-    """
-    from datetime import datetime, timezone
-
-    from airflow_provider_vonage_studio.exceptions import SessionNotFound
-    from airflow_provider_vonage_studio.outcome import evaluate_call
-
-    required = _parameter_names(required_parameters)
-    if call_ref is not None:
-        record = open_store(store_url).get_call(call_ref)
-        outcome = evaluate_call(
-            record,
-            now=datetime.now(timezone.utc),
-            answer_window=_NO_ANSWER_INFERENCE,
-            fail_on=fail_on,
-            call_ref=call_ref,
-        )
-        if outcome is not None:  # a failure status the caller wants returned, not raised
-            return {
-                "call_ref": call_ref,
-                "session_id": record.session_id if record else None,
-                "parameters": None,
-                "call_status": outcome.status,
-            }
-        if record is None or record.state != "placed" or not record.session_id:
-            return None  # the placing task has not recorded AI Studio's answer yet
-        session_id, session_start_time = record.session_id, record.session_start_time
-    if not session_id or session_start_time is None:
-        raise VonageStudioConfigError("session_id and session_start_time are both needed to read parameters")
-    try:
-        parameters = hook.get_session_parameters(session_id, session_start_time)
-    except SessionNotFound:
-        return None  # not indexed yet: normal for a while after the call
-    missing = [name for name in required if not parameters.get(name)]
-    if missing:
-        # Names only: values are what the callee said (personal data).
-        hook.log.info(
-            "Session %s: waiting for parameter(s) %s (present: %s)",
-            session_id,
-            ", ".join(missing),
-            ", ".join(sorted(parameters)) or "none",
-        )
-        return None
-    return {"call_ref": call_ref, "session_id": session_id, "parameters": parameters, "call_status": None}
 
 
 class CallResultSensor(BaseSensorOperator):
@@ -520,16 +407,13 @@ class CallResultSensor(BaseSensorOperator):
         :raises AirflowException: for a retryable one (task retries may ride out an outage),
             or when no event arrived.
         """
-        if not event:
-            raise AirflowException("the call result trigger ended without an event")
-        if event.get("status") != "success":
-            if event.get("retryable"):
-                raise AirflowException(str(event.get("message") or "the call result trigger failed"))
-            # A status in fail_on: its error event names the call and the status.
-            record_event_verdict(event, self.store_url, self.log)
-            raise fail_task(error_from_event(event))
+        # A status in fail_on: its error event names the call and the status (stored first).
+        payload = resume(event, "call_result", on_verdict=self._record_verdict)
         self.log.info("Result reported by the trigger")
-        return self._finish(event)
+        return self._finish(payload)
+
+    def _record_verdict(self, call_ref: str, status: str) -> None:
+        record_verdict(self.store_url, call_ref, status, log=self.log)
 
 
-__all__ += ["CallResultSensor", "check_call_result"]
+__all__ += ["CallResultSensor"]

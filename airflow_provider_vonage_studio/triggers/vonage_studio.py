@@ -2,8 +2,8 @@
 
 Triggers only *wait*; they never place a call (a triggerer restart re-runs a trigger, and a
 dial inside one would ring the callee twice). The check is
-:func:`~airflow_provider_vonage_studio.outcome.evaluate_call`, the same one the poke-mode
-sensor runs.
+:func:`~airflow_provider_vonage_studio.outcome.evaluate_round`, the round every waiting loop
+runs; the events it yields are :mod:`~airflow_provider_vonage_studio.events`' shapes.
 
 A triggerer may hold thousands of waiting triggers. Polling the store once per trigger
 would put thousands of queries on the database every few seconds, so all triggers of one
@@ -25,18 +25,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_vonage_studio.events import (
+    result_error_event,
+    result_success_event,
+    status_event,
+    store_outage_event,
+)
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
 from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
     FAILURE_STATUSES,
     PENDING_TIMEOUT,
-    error_event,
-    evaluate_call,
+    evaluate_round,
     normalize_answer_window,
     normalize_fail_on,
     normalize_interval,
     open_store,
 )
+from airflow_provider_vonage_studio.results import check_call_result
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.store import CallRecord
@@ -290,77 +296,29 @@ class CallStatusTrigger(BaseTrigger):
                 except Exception as exc:
                     failures += 1
                     if failures >= MAX_STORE_FAILURES:
-                        yield TriggerEvent(
-                            {
-                                "status": "error",
-                                "message": f"could not read the call store {failures} times in a row: "
-                                f"{type(exc).__name__}: {exc}",
-                                "error_type": "VonageStudioError",
-                                "error_status": None,
-                                # An outage, not a verdict on any call: a task retry waits again.
-                                "retryable": True,
-                                "call_statuses": statuses,
-                                "errors": {},
-                            }
-                        )
+                        yield TriggerEvent(dict(store_outage_event(failures, exc, statuses)))
                         return
                     self.log.warning("Reading the call store failed (%s); trying again next round", exc)
                     continue
                 failures = 0
-                now = datetime.now(timezone.utc)
-                for ref in sorted(waiter.refs):
-                    try:
-                        outcome = evaluate_call(
-                            records.get(ref),
-                            now=now,
-                            answer_window=self.answer_window,
-                            fail_on=self.fail_on,
-                            call_ref=ref,
-                            pending_timeout=self.pending_timeout,
-                        )
-                    except VonageStudioError as exc:
-                        errors[ref] = exc
-                        waiter.refs.discard(ref)
-                        continue
-                    if outcome is not None:
-                        self.log.info("Call %s: %s", ref, outcome.describe())
-                        statuses[ref] = outcome.status
-                        waiter.refs.discard(ref)
+                result = evaluate_round(
+                    records,
+                    sorted(waiter.refs),
+                    now=datetime.now(timezone.utc),
+                    answer_window=self.answer_window,
+                    fail_on=self.fail_on,
+                    pending_timeout=self.pending_timeout,
+                )
+                errors.update(result.errors)
+                for ref, outcome in result.decided.items():
+                    self.log.info("Call %s: %s", ref, outcome.describe())
+                    statuses[ref] = outcome.status
+                waiter.refs.difference_update(result.errors, result.decided)
             # Leave the poll rounds before handing over the event: nothing more to read.
             waiter.close()
-            yield TriggerEvent(self._event(statuses, errors))
+            yield TriggerEvent(dict(status_event(self.call_refs, statuses, errors, single=self.single)))
         finally:
             waiter.close()
-
-    def _event(self, statuses: dict[str, str], errors: dict[str, VonageStudioError]) -> dict[str, Any]:
-        if self.single:
-            ref = self.call_refs[0]
-            if ref in errors:
-                event = error_event(errors[ref], ref)
-                event.update(call_statuses=statuses, errors={ref: error_event(errors[ref])})
-                return event
-            return {
-                "status": "success",
-                "call_ref": ref,
-                "call_status": statuses[ref],
-                "call_statuses": statuses,
-            }
-        if not errors:
-            return {"status": "success", "call_statuses": statuses}
-        shown = "; ".join(f"{ref}: {exc.message}" for ref, exc in list(errors.items())[:5])
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        first = next(iter(errors.values()))
-        return {
-            "status": "error",
-            "message": f"{len(errors)} of {len(self.call_refs)} calls did not end as expected: {shown}{more}",
-            # One type for the whole event when all errors agree (e.g. all CallFailed).
-            "error_type": type(first).__name__
-            if all(type(e) is type(first) for e in errors.values())
-            else "VonageStudioError",
-            "error_status": None,
-            "call_statuses": statuses,
-            "errors": {ref: error_event(exc) for ref, exc in errors.items()},
-        }
 
     async def cleanup(self) -> None:
         """Leave the shared poller when the triggerer drops this trigger (cancel, reassignment)."""
@@ -373,7 +331,7 @@ class CallResultTrigger(BaseTrigger):
 
     The async twin of :class:`~airflow_provider_vonage_studio.sensors.vonage_studio.CallResultSensor`:
     each round runs the sensor's own check
-    (:func:`~airflow_provider_vonage_studio.sensors.vonage_studio.check_call_result`) in a worker
+    (:func:`~airflow_provider_vonage_studio.results.check_call_result`) in a worker
     thread (``asyncio.to_thread``), since the hook's HTTP and the store's SQL are blocking;
     the event loop is never blocked. Only reads: nothing is dialed and nothing is written.
 
@@ -441,7 +399,6 @@ class CallResultTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check every ``poll_interval`` seconds (in a thread) until there is a result; one event."""
         from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
-        from airflow_provider_vonage_studio.sensors.vonage_studio import check_call_result
 
         # One hook for the whole wait: its HTTP session keeps the connection alive between rounds.
         hook = VonageStudioHook(self.vonage_studio_conn_id)
@@ -475,10 +432,10 @@ class CallResultTrigger(BaseTrigger):
                         continue
                     if error is None:
                         error = VonageStudioError(f"{type(exc).__name__}: {exc}")
-                    yield TriggerEvent({**error_event(error, self.call_ref), "retryable": retryable})
+                    yield TriggerEvent(dict(result_error_event(error, self.call_ref, retryable=retryable)))
                     return
                 if result is not None:
-                    yield TriggerEvent({"status": "success", **result})
+                    yield TriggerEvent(dict(result_success_event(result)))
                     return
                 failures = 0
                 await asyncio.sleep(self.poll_interval)

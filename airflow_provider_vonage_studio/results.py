@@ -1,0 +1,130 @@
+"""The checks a trigger runs in its worker thread, and the verdicts a resumed task stores.
+
+Above the hooks (a check calls the API through a hook it is given) and below the triggers,
+the sensors and the operators, which all use it: :func:`check_call_result` is one round of
+``CallResultSensor`` (poke) and ``CallResultTrigger`` (in a thread) alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_vonage_studio.events import verdict_of
+from airflow_provider_vonage_studio.exceptions import SessionNotFound, VonageStudioConfigError
+from airflow_provider_vonage_studio.outcome import FAILURE_STATUSES, evaluate_call, open_store, record_verdict
+
+if TYPE_CHECKING:
+    from airflow_provider_vonage_studio.store import CallStore
+
+__all__ = ["check_call_result", "parameter_names", "record_event_verdict"]
+
+
+def record_event_verdict(
+    event: Mapping[str, Any] | None,
+    store: CallStore | str | Callable[[], CallStore] | None,
+    log: Any = None,
+) -> None:
+    """Store the verdict a status trigger's event carries (a ``success`` event's ``call_status``,
+    or an ``error`` event's for a status in ``fail_on``), in the worker that resumed. Never raises.
+
+    ``store`` as for :func:`~airflow_provider_vonage_studio.outcome.record_verdict`.
+    """
+    verdict = verdict_of(event)
+    if verdict is not None:
+        record_verdict(store, *verdict, log=log)
+
+
+# evaluate_call() is asked for failures only: with this window an unreported call is never
+# taken as "answered" (whether parameters exist decides that here), yet the sum with a start
+# time stays far from datetime's limits.
+_NO_ANSWER_INFERENCE = timedelta(days=36500)
+
+
+def parameter_names(value: Any) -> tuple[str, ...]:
+    """``required_parameters`` (rendered) as a tuple of names; one string is one name.
+
+    :raises VonageStudioConfigError: naming ``required_parameters`` for anything but names.
+    """
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else tuple(value)
+    bad = [item for item in items if not isinstance(item, str) or not item.strip()]
+    if bad:
+        raise VonageStudioConfigError(f"required_parameters: expected parameter names, got {bad!r}")
+    return tuple(dict.fromkeys(item.strip() for item in items))
+
+
+def check_call_result(
+    *,
+    hook: Any,
+    call_ref: str | None = None,
+    session_id: str | None = None,
+    session_start_time: Any = None,
+    required_parameters: Sequence[str] = (),
+    fail_on: Iterable[str] = FAILURE_STATUSES,
+    store_url: str | None = None,
+) -> dict[str, Any] | None:
+    """One check of a call's Insights parameters; ``None`` means "keep waiting".
+
+    Shared by :class:`~airflow_provider_vonage_studio.sensors.vonage_studio.CallResultSensor` (poke) and
+    :class:`~airflow_provider_vonage_studio.triggers.vonage_studio.CallResultTrigger` (in a
+    thread). Blocking: it reads the call store and calls the API through ``hook`` (a
+    :class:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook`).
+
+    With ``call_ref`` the call's row comes first: a failure status recorded by the callback
+    receiver (``busy``, ``timeout``, ...) ends the wait at once, since such a call never
+    produces parameters; the session id and start time are the row's. Otherwise
+    ``session_id`` and ``session_start_time`` name the session directly.
+
+    Returns a JSON-safe dict with ``call_ref``, ``session_id``, ``parameters`` (the dict read,
+    or ``None``) and ``call_status`` (``None``, or a failure status not in ``fail_on``).
+    Keeps waiting (``None``) while the dial is still being recorded, while Insights answers
+    404 (not indexed yet), and while a name in ``required_parameters`` is missing or empty.
+
+    :raises UnknownCall: ``call_ref`` names no call in the store.
+    :raises CallFailed: the call's status is in ``fail_on``.
+    :raises CallRejectedEarlier: AI Studio refused the call when it was placed.
+    :raises CallOutcomeUnknown: whether the call was placed is unknown.
+    :raises VonageStudioAuthError: 401 from Insights (bad key, or a parameter it refused).
+    :raises VonageStudioError: anything else the hook raises (connection errors after its retries,
+        an unknown body shape).
+    """
+    required = parameter_names(required_parameters)
+    if call_ref is not None:
+        record = open_store(store_url).get_call(call_ref)
+        outcome = evaluate_call(
+            record,
+            now=datetime.now(timezone.utc),
+            answer_window=_NO_ANSWER_INFERENCE,
+            fail_on=fail_on,
+            call_ref=call_ref,
+        )
+        if outcome is not None:  # a failure status the caller wants returned, not raised
+            return {
+                "call_ref": call_ref,
+                "session_id": record.session_id if record else None,
+                "parameters": None,
+                "call_status": outcome.status,
+            }
+        if record is None or record.state != "placed" or not record.session_id:
+            return None  # the placing task has not recorded AI Studio's answer yet
+        session_id, session_start_time = record.session_id, record.session_start_time
+    if not session_id or session_start_time is None:
+        raise VonageStudioConfigError("session_id and session_start_time are both needed to read parameters")
+    try:
+        parameters = hook.get_session_parameters(session_id, session_start_time)
+    except SessionNotFound:
+        return None  # not indexed yet: normal for a while after the call
+    missing = [name for name in required if not parameters.get(name)]
+    if missing:
+        # Names only: values are what the callee said (personal data).
+        hook.log.info(
+            "Session %s: waiting for parameter(s) %s (present: %s)",
+            session_id,
+            ", ".join(missing),
+            ", ".join(sorted(parameters)) or "none",
+        )
+        return None
+    return {"call_ref": call_ref, "session_id": session_id, "parameters": parameters, "call_status": None}
