@@ -9,25 +9,21 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
+from airflow_provider_vonage_studio.calls import TaskIdentity
 from airflow_provider_vonage_studio.exceptions import (
     CallOutcomeUnknown,
     DoNotCall,
     InvalidDestination,
     InvalidSessionParameter,
-    VonageStudioAgentNotFound,
-    VonageStudioAuthError,
     VonageStudioBadRequest,
     VonageStudioConfigError,
-    VonageStudioConnectionError,
     VonageStudioRateLimited,
-    VonageStudioServerError,
 )
 from airflow_provider_vonage_studio.hooks.vonage_studio import (
-    REGION_HOSTS,
     VonageStudioHook,
     parse_api_time,
 )
-from tests.conftest import TEST_KEY, conn_json
+from tests.conftest import TEST_KEY
 
 URL = "https://studio.test/telephony/make-call"
 OK = {
@@ -113,111 +109,6 @@ def test_result_is_typed_and_aware(hook, requests_mock):
 
 
 @pytest.mark.parametrize(
-    ("status", "message", "exc_type"),
-    [
-        (400, "Bad destination number format", VonageStudioBadRequest),
-        (401, "Not Authorised", VonageStudioAuthError),
-        (404, "Version information for number AGENT_NUMBER doesn't exist", VonageStudioAgentNotFound),
-        (500, "Failed to fetch preconfigured session information", VonageStudioServerError),
-    ],
-)
-def test_seed_errors_map_to_exceptions_without_retry(hook, requests_mock, status, message, exc_type):
-    requests_mock.post(URL, status_code=status, json={"status": status, "message": message})
-    with pytest.raises(exc_type) as info:
-        hook.make_call("9725411116037", "agent-1")
-    assert info.value.status == status
-    assert info.value.message == message
-    assert info.value.retryable is False
-    assert requests_mock.call_count == 1
-    assert hook.waits == []
-
-
-def test_429_honours_retry_after(hook, requests_mock):
-    requests_mock.post(
-        URL,
-        [
-            {
-                "status_code": 429,
-                "json": {"status": 429, "message": "Too Many Requests"},
-                "headers": {"Retry-After": "2"},
-            },
-            {
-                "status_code": 429,
-                "json": {"status": 429, "message": "Too Many Requests"},
-                "headers": {"Retry-After": "1"},
-            },
-            {"json": OK},
-        ],
-    )
-    hook.make_call("9725411116037", "agent-1")
-    assert requests_mock.call_count == 3
-    assert hook.waits == [2.0, 1.0]
-    assert hook.rate_limited_count == 2
-
-
-def test_429_without_retry_after_backs_off_exponentially_and_gives_up(hook, requests_mock):
-    hook.retry_backoff = 1.0
-    hook.max_attempts = 4
-    requests_mock.post(URL, status_code=429, json={"status": 429, "message": "Too Many Requests"})
-    with pytest.raises(VonageStudioRateLimited) as info:
-        hook.make_call("9725411116037", "agent-1")
-    assert info.value.status == 429
-    assert requests_mock.call_count == 4
-    assert len(hook.waits) == 3
-    # wait_random_exponential: uniform in [0, multiplier * 2**n], capped at 30s.
-    for n, wait in enumerate(hook.waits):
-        assert 0 <= wait <= 2 ** (n + 1)
-
-
-@pytest.mark.parametrize("status", [502, 503, 504])
-def test_gateway_errors_are_retried(hook, requests_mock, status):
-    requests_mock.post(URL, [{"status_code": status, "text": "Service Unavailable"}, {"json": OK}])
-    assert hook.make_call("9725411116037", "agent-1").session_id == OK["session_id"]
-    assert requests_mock.call_count == 2
-    assert len(hook.waits) == 1
-
-
-def test_503_exhausted_raises_server_error(hook, requests_mock):
-    hook.max_attempts = 3
-    requests_mock.post(URL, status_code=503, json={"status": 503, "message": "busy"})
-    with pytest.raises(VonageStudioServerError) as info:
-        hook.make_call("9725411116037", "agent-1")
-    assert info.value.retryable is True
-    assert requests_mock.call_count == 3
-
-
-def test_connection_refused_is_retried(hook, requests_mock):
-    requests_mock.post(
-        URL, [{"exc": requests.exceptions.ConnectionError("Connection refused")}, {"json": OK}]
-    )
-    hook.make_call("9725411116037", "agent-1")
-    assert requests_mock.call_count == 2
-
-
-def test_connection_refused_exhausted(hook, requests_mock):
-    hook.max_attempts = 2
-    requests_mock.post(URL, exc=requests.exceptions.ConnectionError("Connection refused"))
-    with pytest.raises(VonageStudioConnectionError):
-        hook.make_call("9725411116037", "agent-1")
-    assert requests_mock.call_count == 2
-
-
-def test_read_timeout_is_never_retried(hook, requests_mock):
-    requests_mock.post(URL, exc=requests.exceptions.ReadTimeout("read timed out"))
-    with pytest.raises(CallOutcomeUnknown):
-        hook.make_call("9725411116037", "agent-1")
-    assert requests_mock.call_count == 1
-    assert hook.waits == []
-
-
-def test_2xx_without_session_is_unknown_not_retried(hook, requests_mock):
-    requests_mock.post(URL, json={"oops": 1})
-    with pytest.raises(CallOutcomeUnknown):
-        hook.make_call("9725411116037", "agent-1")
-    assert requests_mock.call_count == 1
-
-
-@pytest.mark.parametrize(
     "bad", ["", "hello", "+44 12", "12345678901234567890", "sip:", "sip:user@", None, 447700900123]
 )
 def test_bad_destinations_never_reach_the_network(hook, requests_mock, bad):
@@ -249,101 +140,6 @@ def test_empty_agent_id_is_refused_locally(hook, requests_mock, agent):
     with pytest.raises(VonageStudioConfigError, match="agent_id"):
         hook.make_call("9725411116037", agent)  # type: ignore[arg-type]
     assert requests_mock.call_count == 0
-
-
-# -- connection --------------------------------------------------------------------------------
-
-
-def _hook_for(monkeypatch, value):
-    monkeypatch.setenv("AIRFLOW_CONN_VS_TEST", value)
-    return VonageStudioHook("vs_test", pace=False)
-
-
-@pytest.mark.parametrize(
-    ("extra", "field"),
-    [
-        ({"region": "asia"}, "region"),
-        ({"calls_per_second": 2}, "calls_per_second"),
-        ({"calls_per_second": "lots"}, "calls_per_second"),
-        ({"timeout": 0}, "timeout"),
-        ({"timeout": "soon"}, "timeout"),
-        ({"pace_scope": "galaxy"}, "pace_scope"),
-        ({"callback_base_url": "ftp://x"}, "callback_base_url"),
-        ({"callback_base_url": "https://x.example/cb?a=1"}, "callback_base_url"),
-    ],
-)
-def test_connection_errors_name_the_field(monkeypatch, extra, field):
-    hook = _hook_for(monkeypatch, conn_json(**extra))
-    with pytest.raises(VonageStudioConfigError, match=field):
-        hook.config  # noqa: B018
-
-
-def test_missing_key_names_the_field(monkeypatch):
-    hook = _hook_for(monkeypatch, conn_json(key=""))
-    with pytest.raises(VonageStudioConfigError, match="password"):
-        hook.config  # noqa: B018
-
-
-def test_region_selects_host_when_no_override(monkeypatch):
-    hook = _hook_for(
-        monkeypatch, json.dumps({"conn_type": "vonage_studio", "password": "k", "extra": {"region": "us"}})
-    )
-    assert hook.config.base_url == REGION_HOSTS["us"]
-    hook = _hook_for(monkeypatch, json.dumps({"conn_type": "vonage_studio", "password": "k"}))
-    assert hook.config.base_url == REGION_HOSTS["eu"]
-    assert hook.config.calls_per_second == 1
-    assert hook.config.timeout == 30
-
-
-def test_uri_form(monkeypatch):
-    hook = _hook_for(
-        monkeypatch, "vonage-studio://:s3cret@127.0.0.1:8765/http?region=us&calls_per_second=3&timeout=5"
-    )
-    cfg = hook.config
-    assert cfg.base_url == "http://127.0.0.1:8765"
-    assert cfg.api_key == "s3cret"
-    assert (cfg.region, cfg.calls_per_second, cfg.timeout) == ("us", 3, 5.0)
-
-
-def test_hook_timeout_overrides_connection(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_VS_TEST", conn_json(timeout=7))
-    assert VonageStudioHook("vs_test").config.timeout == 7
-    assert VonageStudioHook("vs_test", timeout=2.5).config.timeout == 2.5
-
-
-def test_config_repr_hides_secrets(monkeypatch):
-    hook = _hook_for(monkeypatch, conn_json(callback_secret="very-secret-value"))
-    assert TEST_KEY not in repr(hook.config)
-    assert "very-secret-value" not in repr(hook.config)
-
-
-@pytest.mark.parametrize(
-    ("response", "ok", "text"),
-    [
-        ({"status_code": 401, "json": {"status": 401, "message": "Not Authorised"}}, False, "refused"),
-        (
-            {"status_code": 400, "json": {"status": 400, "message": "Bad destination number format"}},
-            True,
-            "accepted",
-        ),
-        ({"status_code": 422, "json": {"detail": "x"}}, True, "accepted"),
-        ({"status_code": 503, "text": "down"}, False, "503"),
-        ({"exc": requests.exceptions.ConnectionError("Connection refused")}, False, "could not reach"),
-    ],
-)
-def test_test_connection_never_dials_and_never_raises(vs_conn, requests_mock, response, ok, text):
-    requests_mock.post(URL, **response)
-    result = VonageStudioHook().test_connection()
-    assert result[0] is ok
-    assert text in result[1]
-    assert json.loads(requests_mock.request_history[0].body) == {}
-
-
-def test_test_connection_with_broken_connection(monkeypatch):
-    hook = _hook_for(monkeypatch, conn_json(region="mars"))
-    ok, message = hook.test_connection()
-    assert ok is False
-    assert "region" in message
 
 
 def test_key_never_logged(hook, requests_mock, caplog, capsys):
@@ -445,3 +241,75 @@ def test_extra_do_not_call_numbers_are_read_with_default_country(hook, requests_
     with pytest.raises(DoNotCall):
         hook.make_call("07700 900123", "agent-1", default_country="GB", extra_do_not_call=["07700 900123"])
     assert requests_mock.call_count == 0
+
+
+def test_identity_names_the_ledger_row(hook, requests_mock):
+    requests_mock.post(URL, json=OK)
+    task = TaskIdentity("dag", "run-1", "call_one", map_index=3)
+    hook.make_call("9725411116037", "agent-1", call_ref=task.call_ref("k"), identity=task, recipient_key="k")
+    row = hook.store.get_call(task.call_ref("k"))
+    assert (row.dag_id, row.run_id, row.task_id, row.map_index, row.recipient_key) == (
+        "dag",
+        "run-1",
+        "call_one",
+        3,
+        "k",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"dag_id": "dag"}, "dag_id"),
+        ({"run_id": "r", "task_id": "t"}, "run_id, task_id"),
+        ({"map_index": 0}, "map_index"),
+    ],
+)
+def test_identity_and_separate_fields_together_are_refused(hook, requests_mock, extra, named):
+    requests_mock.post(URL, json=OK)
+    task = TaskIdentity("dag", "run-1", "call_one")
+    with pytest.raises(VonageStudioConfigError, match=f"identity and {named} were both given"):
+        hook.make_call("9725411116037", "agent-1", call_ref="vs-ref-id", identity=task, **extra)
+    assert requests_mock.call_count == 0
+    assert hook.store.get_call("vs-ref-id") is None
+
+
+def test_settle_abandoned_marks_only_sending_rows_and_keeps_a_later_outcome(hook):
+    store = hook.store
+    for ref in ("vs-s1", "vs-s2", "vs-q1"):
+        store.begin_call(ref, agent_id="agent-1", destination="9725411116037")
+    store.mark_sending("vs-s1")
+    store.mark_sending("vs-s2")
+    read = store.get_calls(["vs-s1", "vs-s2", "vs-q1"])
+    # vs-s2's own try was not dead after all: it records its answer after the rows were read.
+    store.mark_placed("vs-s2", OK["session_id"], datetime(2020, 10, 14, tzinfo=timezone.utc))
+    settled = hook.settle_abandoned(read.values(), reason="gone")
+    assert sorted(settled) == ["vs-s1", "vs-s2"]
+    now = store.get_calls(["vs-s1", "vs-s2", "vs-q1"])
+    assert now["vs-s1"].state.value == "unknown"
+    assert now["vs-s1"].error_message == "gone"
+    assert now["vs-s2"].state.value == "placed"
+    assert now["vs-q1"].state.value == "queued"
+
+
+def test_do_not_call_is_checked_once_when_another_try_wrote_the_row_first(hook, requests_mock, monkeypatch):
+    # This try reads no row, then loses the race to write it: the other try's row (queued)
+    # decides, and the do-not-call list is still consulted once, not once per branch.
+    requests_mock.post(URL, json=OK)
+    store = hook.store
+    store.begin_call("vs-race", agent_id="agent-1", destination="9725411116037")
+    first_read = [True]
+    real_get = store.get_call
+
+    def get_call(ref):
+        if first_read.pop() if first_read else False:
+            return None  # what this try saw before the other try's row existed
+        return real_get(ref)
+
+    monkeypatch.setattr(store, "get_call", get_call)
+    checks = []
+    real_filter = store.dnc_filter
+    monkeypatch.setattr(store, "dnc_filter", lambda numbers: checks.append(numbers) or real_filter(numbers))
+    hook.make_call("9725411116037", "agent-1", call_ref="vs-race")
+    assert checks == [["9725411116037"]]
+    assert requests_mock.call_count == 1

@@ -1,0 +1,318 @@
+"""Dialing one call: the make-call request through pacing and retries, and the ledger writes
+that follow it (``placed``, ``rejected``, ``unknown``; store outages retried for a while).
+
+What an existing ledger row means for a new attempt is decided in
+:mod:`~airflow_provider_vonage_studio.ledger`; the hook's ``make_call`` applies that decision
+and hands the dial to :meth:`DialingMixin._dial_recorded` (or ``_post_call`` without a ledger).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_vonage_studio.exceptions import (
+    CallOutcomeUnknown,
+    CallPlacedNotRecorded,
+    CallStoreUnavailable,
+    VonageStudioError,
+    VonageStudioRateLimited,
+)
+from airflow_provider_vonage_studio.hooks.http import MAKE_CALL_PATH, HttpMixin, _json, _Retry, parse_api_time
+from airflow_provider_vonage_studio.hooks.pacing import PacingMixin, _LedgerRow
+
+if TYPE_CHECKING:
+    import requests
+
+    from airflow_provider_vonage_studio.calls import CallRecord
+
+__all__ = ["CallResult", "DialingMixin"]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What AI Studio answered for a placed call."""
+
+    session_id: str
+    session_start_time: datetime
+    call_ref: str | None
+    to: str
+    agent_id: str
+    status_url: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        """JSON-safe dict for XCom: the number redacted, the start time ISO-8601 UTC, no token."""
+        from airflow_provider_vonage_studio.destinations import redact
+
+        return {
+            "session_id": self.session_id,
+            "session_start_time": self.session_start_time.astimezone(timezone.utc).isoformat(),
+            "call_ref": self.call_ref,
+            "agent_id": self.agent_id,
+            "to": redact(self.to),
+        }
+
+
+class DialingMixin(PacingMixin, HttpMixin):
+    """The hook's dial of one call and the ledger writes around its request."""
+
+    def _dial_recorded(self, body: dict[str, Any], call_ref: str, status_url: str | None) -> CallResult:
+        """Dial a call whose ledger row is ``queued`` and record what became of it.
+
+        The row goes ``sending`` only when the send gate grants a request leave (compare-and-set,
+        inside the pacing step; at most a short final wait precedes the request), back to
+        ``queued`` after each definite "not placed", and ends ``placed``, ``rejected`` or
+        ``unknown``. Whatever ends this function before that leave (a store outage, a kill in the
+        slot wait, the 429 time bound) leaves it ``queued``.
+        """
+        from airflow_provider_vonage_studio.destinations import redact
+
+        store = self.store
+        ledger = _LedgerRow(call_ref)
+        try:
+            result = self._post_call(body, call_ref=call_ref, status_url=status_url, ledger=ledger)
+        except CallOutcomeUnknown as exc:
+            if ledger.sending:
+                self._record_after_send(
+                    f"call {call_ref}: the request was sent but its answer did not come back",
+                    store.mark_unknown,
+                    call_ref,
+                    exc.message,
+                )
+            raise
+        except CallStoreUnavailable:
+            raise  # the row is as the failed write left it: queued, or sending (-> unknown later)
+        except VonageStudioError as exc:
+            if not ledger.keep_queued:
+                self._record_after_send(
+                    f"call {call_ref}: AI Studio refused it ({exc}; definitely not placed)",
+                    store.mark_rejected,
+                    call_ref,
+                    exc.status,
+                    exc.message,
+                )
+            raise
+        except BaseException as exc:
+            # Anything else (a bug, a kill signal turned exception) while the request may have
+            # left: we cannot know whether it did, so the row says so. Before that (in the slot
+            # wait, e.g. the task's execution_timeout) the row stays queued: nothing was sent.
+            if ledger.sending:
+                with contextlib.suppress(Exception):
+                    store.mark_unknown(call_ref, f"{type(exc).__name__} while dialing")
+            raise
+        try:
+            self._record_after_send(
+                f"call {call_ref}: placed as session {result.session_id}",
+                store.mark_placed,
+                call_ref,
+                result.session_id,
+                result.session_start_time,
+            )
+        except CallStoreUnavailable as exc:
+            message = (
+                f"call {call_ref} to {redact(result.to)} WAS PLACED by AI Studio (session_id "
+                f"{result.session_id}, session_start_time {result.session_start_time.isoformat()}) but "
+                f"the call store could not record it: {exc.message}. It is not dialed again: a later "
+                "try reports it as unknown. Keep this session id to follow the call up."
+            )
+            self.log.error(message)
+            raise CallPlacedNotRecorded(
+                message,
+                session_id=result.session_id,
+                session_start_time=result.session_start_time.isoformat(),
+            ) from exc
+        return result
+
+    def _record_after_send(self, what: str, write: Callable[..., None], *args: Any) -> None:
+        """Run a ledger write that follows a request, retrying store outages with back-off for
+        up to ``store_retry_seconds``: what AI Studio answered must not be lost to a blip.
+
+        :raises CallStoreUnavailable: the store stayed unreachable (``what`` says what was lost).
+        """
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        deadline = time.monotonic() + self.store_retry_seconds
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.store.unavailable_as_error(f"after dialing ({what})"):
+                    write(*args)
+                return
+            except CallStoreUnavailable as exc:
+                if not isinstance(exc.__cause__, (OperationalError, InterfaceError)):
+                    raise  # pragma: no cover - unavailable_as_error only wraps these
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                self.log.warning(
+                    "The call store failed a write after dialing (attempt %d): %s; retrying in %.1fs",
+                    attempt,
+                    exc.message,
+                    min(delay, left),
+                )
+                self._sleep(min(delay, left))
+                delay = min(delay * 2, 5.0)
+
+    def _post_call(
+        self,
+        body: dict[str, Any],
+        *,
+        call_ref: str | None,
+        status_url: str | None,
+        ledger: _LedgerRow | None = None,
+    ) -> CallResult:
+        from airflow_provider_vonage_studio.callbacks.tokens import elide_token
+        from airflow_provider_vonage_studio.destinations import redact
+
+        self.log.info(
+            "Dialing %s from agent %s (call_ref=%s, status_url=%s)",
+            redact(body["to"]),
+            body["agent_id"],
+            call_ref,
+            elide_token(status_url) if status_url else None,
+        )
+        # Build the session before taking a slot: its first-use cost (imports, TLS context) would
+        # otherwise sit between the slot and the request and squeeze the gap to the next dial.
+        self.session  # noqa: B018
+        rate_limited_until = time.monotonic() + self.max_rate_limited_seconds
+
+        def attempt() -> requests.Response:
+            while True:
+                sent_at = self._before_send(body["agent_id"], ledger)
+                try:
+                    try:
+                        resp = self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
+                    finally:
+                        # Read at once: the request arrived before this, and the next dial's gate
+                        # counts from it (a later clock reading would only slow everyone down).
+                        answered_at = time.time()
+                except _Retry as exc:
+                    rate_limited = exc.error.status == 429
+                    if sent_at is not None:
+                        # The answer is in: the request no longer counts as on its way. A 429 also
+                        # widens the spacing for every process sharing the store.
+                        self._pace_feedback(
+                            body["agent_id"],
+                            sent_at=sent_at,
+                            answered_at=answered_at,
+                            rate_limited=rate_limited,
+                            narrow=False,
+                            retry_after=exc.retry_after if rate_limited else None,
+                        )
+                    # Definitely not placed: the row goes back to queued before any back-off, so a
+                    # try killed while waiting leaves a call that the next try dials.
+                    if ledger is not None:
+                        ledger.sending = False
+                        self._record_after_send(
+                            f"call {ledger.call_ref}: refused with {exc.error} (not placed)",
+                            self.store.requeue,
+                            ledger.call_ref,
+                            exc.error.status,
+                            exc.error.message,
+                        )
+                    if not (self.pace and rate_limited):
+                        raise
+                    # Under the shared pacer a 429 waits for a new slot and is retried: never given
+                    # up for a count of 429s, only for time.
+                    if time.monotonic() >= rate_limited_until:
+                        if ledger is not None:
+                            ledger.keep_queued = True
+                        raise VonageStudioRateLimited(
+                            f"{exc.error.message}: still refused after {self.max_rate_limited_seconds:g}s of "
+                            "paced retries (max_rate_limited_seconds); the call was not placed and a later "
+                            "try dials it",
+                            429,
+                        ) from None
+                    continue
+                except VonageStudioError as exc:
+                    if sent_at is not None and not isinstance(exc, CallOutcomeUnknown):
+                        # A refusal: answered, so over. (No answer: the store's bound applies.)
+                        self._pace_feedback(
+                            body["agent_id"],
+                            sent_at=sent_at,
+                            answered_at=answered_at,
+                            rate_limited=False,
+                            narrow=False,
+                        )
+                    raise
+                if sent_at is not None:
+                    self._pace_feedback(
+                        body["agent_id"], sent_at=sent_at, answered_at=answered_at, rate_limited=False
+                    )
+                return resp
+
+        resp = self._with_retries(attempt, what=f"make-call to {redact(body['to'])}")
+        try:
+            data = _json(resp)
+        except VonageStudioError as exc:
+            # A 2xx is AI Studio accepting the call: an unreadable body must not be recorded as
+            # a refusal ("definitely not placed") of a call that may be ringing.
+            raise CallOutcomeUnknown(exc.message) from exc
+        try:
+            session_id = str(data["session_id"])
+            start = parse_api_time(str(data["session_start_time"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            # The call was placed (2xx) but the answer is unusable: the outcome is known to be
+            # "dialed", so this must not be retried as if nothing happened.
+            raise CallOutcomeUnknown(
+                f"AI Studio answered {resp.status_code} without a usable session_id/session_start_time "
+                f"(keys: {sorted(data) if isinstance(data, dict) else type(data).__name__})"
+            ) from exc
+        self.log.info("Placed call %s: session %s", call_ref or "(no ref)", session_id)
+        return CallResult(
+            session_id=session_id,
+            session_start_time=start,
+            call_ref=call_ref,
+            to=body["to"],
+            agent_id=body["agent_id"],
+            status_url=status_url,
+        )
+
+
+def _normalized_numbers(numbers: Any, default_country: str | None) -> frozenset[str]:
+    """``make_call``'s ``extra_do_not_call`` as the API would see each number. Typed like ``to``,
+    so ``default_country`` applies; shapes as
+    :func:`~airflow_provider_vonage_studio.destinations.parse_number_list` (one string is one
+    number, or a comma/newline-separated list; never its characters).
+
+    :raises VonageStudioConfigError: naming ``extra_do_not_call``, for a list of the wrong
+        type or an entry that is not a possible number or SIP URI (nothing is dialed).
+    """
+    # Cached on the list as given: a batch passes the same list before every dial, and even
+    # splitting a long list again would cost more per dial than the pacing gap allows.
+    key = tuple(numbers) if isinstance(numbers, list) else numbers
+    try:
+        return _normalized_cached(key, default_country)
+    except TypeError:  # unhashable (a mapping, a list holding lists): refused below, uncached
+        return _normalize_numbers(numbers, default_country)
+
+
+@lru_cache(maxsize=16)
+def _normalized_cached(numbers: Any, default_country: str | None) -> frozenset[str]:
+    return _normalize_numbers(numbers, default_country)
+
+
+def _normalize_numbers(numbers: Any, default_country: str | None) -> frozenset[str]:
+    from airflow_provider_vonage_studio.destinations import parse_number_list
+
+    return frozenset(parse_number_list(numbers, field="extra_do_not_call", default_country=default_country))
+
+
+def _result_from_record(record: CallRecord, status_url: str | None) -> CallResult:
+    if record.session_id is None or record.session_start_time is None:
+        raise CallOutcomeUnknown(f"call {record.call_ref} is marked placed but has no session recorded")
+    return CallResult(
+        session_id=record.session_id,
+        session_start_time=record.session_start_time,
+        call_ref=record.call_ref,
+        to=record.destination,
+        agent_id=record.agent_id,
+        status_url=status_url,
+    )
