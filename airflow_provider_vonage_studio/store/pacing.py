@@ -133,29 +133,43 @@ class Pacing(StoreBase):
         with self._transaction(write=True) as conn:
             if call_ref is None:
                 _pacing_only(conn)
-            row = self._lock_slot(conn, key)
-            current = time.time() if now is None else now
-            recent = _recent(None if row is None else row.recent)
-            factor = _factor(None if row is None else row.factor)
-            opens, known = _gate(recent, factor, limit, window, current)
-            if not known:
-                # Waiting on an answer not reported yet: look again soon, it may come any moment.
-                return _poll_delay(opens, current), None
-            horizon = PACING_ADVANCE_WINDOWS * window
-            if opens - current > horizon:
-                # Known but far (a widened spacing): ask again when it is within the horizon.
-                return opens - current - horizon, None
-            sent = max(opens, current)
-            recent = _trim_recent(recent, limit, window, current)
-            recent.append([sent, None])
-            if row is None:
-                conn.execute(
-                    t.insert().values(key=key, next_at=current, last_sent_at=sent, factor=1.0, recent=recent)
-                )
-            else:
-                conn.execute(t.update().where(t.c.key == key).values(last_sent_at=sent, recent=recent))
-            if call_ref is not None:
-                _mark_sending(conn, call_ref)
+            return self._grant(conn, key, limit=limit, window=window, call_ref=call_ref, now=now)
+
+    def _grant(
+        self,
+        conn: Connection,
+        key: str,
+        *,
+        limit: int,
+        window: float,
+        call_ref: str | None,
+        now: float | None,
+    ) -> tuple[float, float | None]:
+        """:meth:`pace_send`'s decision under the slot row's lock, and its writes on ``conn``."""
+        t = pacing_slots_table
+        row = self._lock_slot(conn, key)
+        current = time.time() if now is None else now
+        recent = _recent(None if row is None else row.recent)
+        factor = _factor(None if row is None else row.factor)
+        opens, known = _gate(recent, factor, limit, window, current)
+        if not known:
+            # Waiting on an answer not reported yet: look again soon, it may come any moment.
+            return _poll_delay(opens, current), None
+        horizon = PACING_ADVANCE_WINDOWS * window
+        if opens - current > horizon:
+            # Known but far (a widened spacing): ask again when it is within the horizon.
+            return opens - current - horizon, None
+        sent = max(opens, current)
+        recent = _trim_recent(recent, limit, window, current)
+        recent.append([sent, None])
+        if row is None:
+            conn.execute(
+                t.insert().values(key=key, next_at=current, last_sent_at=sent, factor=1.0, recent=recent)
+            )
+        else:
+            conn.execute(t.update().where(t.c.key == key).values(last_sent_at=sent, recent=recent))
+        if call_ref is not None:
+            _mark_sending(conn, call_ref)
         return max(sent - current, 0.0), sent
 
     def pace_feedback(
