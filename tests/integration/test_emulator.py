@@ -29,6 +29,7 @@ from airflow_provider_vonage_studio.testing.emulator import (
     Outcome,
 )
 from airflow_provider_vonage_studio.testing.pytest_plugin import EmulatorFactory
+from tests.integration.emulator_support import CallbackReceiver
 
 KEY = "test-key"
 AGENT = "agent-1"
@@ -69,42 +70,6 @@ def make_call(http: requests.Session, emulator: Emulator, *, headers: Any = HEAD
 
 def error_body(status: int, message: str) -> dict[str, Any]:
     return {"status": status, "message": message}
-
-
-class CallbackReceiver:
-    """A tiny HTTP server standing in for the provider's callback receiver."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self._arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length))
-                with receiver._arrived:
-                    receiver.received.append({"path": self.path, "body": body})
-                    receiver._arrived.notify_all()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def wait(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        with self._arrived:
-            self._arrived.wait_for(lambda: len(self.received) >= count, timeout)
-            return list(self.received)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
