@@ -11,14 +11,52 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_vonage_studio.events import verdict_of
-from airflow_provider_vonage_studio.exceptions import SessionNotFound, VonageStudioConfigError
-from airflow_provider_vonage_studio.outcome import FAILURE_STATUSES, evaluate_call, open_store, record_verdict
+from airflow_provider_vonage_studio.events import fail_task, verdict_of
+from airflow_provider_vonage_studio.exceptions import (
+    CallFailed,
+    SessionNotFound,
+    VonageStudioConfigError,
+    VonageStudioError,
+)
+from airflow_provider_vonage_studio.outcome import (
+    FAILURE_STATUSES,
+    CallOutcome,
+    evaluate_call,
+    open_store,
+    record_verdict,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.store import CallStore
 
-__all__ = ["check_call_result", "parameter_names", "record_event_verdict"]
+__all__ = ["check_call_result", "parameter_names", "record_event_verdict", "settle"]
+
+
+def settle(
+    store: CallStore | str | Callable[[], CallStore] | None,
+    call_ref: str,
+    decide: Callable[[], CallOutcome | None],
+    *,
+    log: Any = None,
+) -> CallOutcome | None:
+    """Run ``decide`` (one check of ``call_ref``, or a whole wait) in the worker; store the final
+    status it returns, or raises as :class:`~airflow_provider_vonage_studio.exceptions.CallFailed`,
+    as the call's verdict (``store`` as for :func:`~airflow_provider_vonage_studio.outcome.
+    record_verdict`; never fails the task).
+
+    :raises AirflowFailException: for what ``decide`` raises that a task retry cannot change
+        (:func:`~airflow_provider_vonage_studio.events.fail_task`); retryable errors as they are.
+    """
+    try:
+        outcome = decide()
+    except VonageStudioError as exc:
+        if isinstance(exc, CallFailed):
+            record_verdict(store, call_ref, exc.call_status, log=log)
+        raise fail_task(exc) from exc
+    if outcome is not None:
+        # Stored so the outcome view shows what the task reported (AI Studio never says "answered").
+        record_verdict(store, call_ref, outcome.status, log=log)
+    return outcome
 
 
 def record_event_verdict(

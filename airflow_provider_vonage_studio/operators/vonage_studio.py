@@ -11,41 +11,39 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator, default_deferrable
+from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator
 
-# fail_task moved to events.py; importable from here for one release.
+# fail_task moved to events.py, ti_identity and _LOCAL_PROTOCOLS to helper modules of this
+# package; importable from here for one release.
 from airflow_provider_vonage_studio.events import fail_task, resume
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
-from airflow_provider_vonage_studio.outcome import (
-    DEFAULT_ANSWER_WINDOW,
-    FAILURE_STATUSES,
-    normalize_answer_window,
-    normalize_fail_on,
-    normalize_interval,
+from airflow_provider_vonage_studio.operators._calling import (
+    CallingTask,
+    closed_window,
+    task_identity,
+    ti_identity,
+    wait_options,
 )
-from airflow_provider_vonage_studio.validation import check_call_arguments, check_request_timeout
+from airflow_provider_vonage_studio.outcome import DEFAULT_ANSWER_WINDOW, FAILURE_STATUSES, normalize_interval
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio._compat import Context
     from airflow_provider_vonage_studio.batch import BatchDialer, BatchReport, Recipient
     from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
+    from airflow_provider_vonage_studio.outcome import CallOutcome
+
+__all__ = [
+    "ExportSessionsOperator",
+    "MakeCallOperator",
+    "MakeCallsOperator",
+    "fail_task",
+    "ti_identity",
+]
 
 
-def ti_identity(context: Context) -> dict[str, Any]:
-    """dag_id, run_id, task_id and map_index of the running task instance."""
-    ti = context["ti"]
-    map_index = getattr(ti, "map_index", -1)
-    return {
-        "dag_id": ti.dag_id,
-        "run_id": ti.run_id,
-        "task_id": ti.task_id,
-        "map_index": -1 if map_index is None else int(map_index),
-    }
-
-
-class MakeCallOperator(BaseOperator):
+class MakeCallOperator(BaseOperator, CallingTask):
     """Place one outbound call from an AI Studio agent.
 
     :param to: phone number (``+44 7700 900123``, ``447700900123``, ...) or ``sip:user@host[:port]``.
@@ -132,31 +130,25 @@ class MakeCallOperator(BaseOperator):
         # ``make_call.output["call_ref"]`` (an XCom *key* lookup in Airflow) resolves.
         kwargs.setdefault("multiple_outputs", True)
         super().__init__(**kwargs)
-        self.wait_for_status = bool(wait_for_status)
-        self.answer_window = normalize_answer_window(answer_window)
-        self.fail_on = normalize_fail_on(fail_on)
-        self.poke_interval = normalize_interval(poke_interval, "poke_interval")
-        self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
-        self.to = to
-        self.agent_id = agent_id
-        self.session_parameters = session_parameters
-        self.status_url = status_url
-        self.hangup_on_answer_machine = hangup_on_answer_machine
-        self.vonage_studio_conn_id = vonage_studio_conn_id
-        self.default_country = default_country
-        self.strict_parameter_names = strict_parameter_names
-        self.call_key = call_key
-        self.redial_unknown = redial_unknown
-        # Checked here so that a mistake fails when the DAG is parsed, not after dialing.
-        self.do_not_call = check_call_arguments(
-            agent_id=agent_id,
-            status_url=status_url,
-            session_parameters=session_parameters,
-            strict_parameter_names=strict_parameter_names,
-            do_not_call=do_not_call,
-            rendered=False,
+        (self.wait_for_status, self.answer_window, self.fail_on, self.poke_interval, self.deferrable) = (
+            wait_options(wait_for_status, answer_window, fail_on, poke_interval, deferrable)
         )
-        self.timeout = check_request_timeout(timeout)
+        self.to = to
+        self.status_url = status_url
+        # Checked here so that a mistake fails when the DAG is parsed, not after dialing.
+        self._keep_call_options(
+            agent_id=agent_id,
+            session_parameters=session_parameters,
+            hangup_on_answer_machine=hangup_on_answer_machine,
+            vonage_studio_conn_id=vonage_studio_conn_id,
+            default_country=default_country,
+            strict_parameter_names=strict_parameter_names,
+            call_key=call_key,
+            redial_unknown=redial_unknown,
+            do_not_call=do_not_call,
+            timeout=timeout,
+            status_url=status_url,
+        )
         from airflow_provider_vonage_studio.windows import parse_calling_window
 
         # Checked here so that a malformed window fails when the DAG is parsed, not at night.
@@ -164,39 +156,16 @@ class MakeCallOperator(BaseOperator):
         self.calling_window = calling_window
         self.timezone = timezone
 
-    @property
-    def hook(self) -> VonageStudioHook:
-        from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
-
-        return VonageStudioHook(self.vonage_studio_conn_id, timeout=self.timeout)
-
     def call_ref(self, context: Context) -> str:
         """Deterministic id of this task instance's call (the same on every retry)."""
-        from airflow_provider_vonage_studio.callbacks.tokens import make_call_ref
-
-        ident = ti_identity(context)
-        return make_call_ref(
-            ident["dag_id"],
-            ident["run_id"],
-            ident["task_id"],
-            ident["map_index"],
-            key=None if self.call_key in (None, "") else str(self.call_key),
-        )
+        return task_identity(context).call_ref(self._rendered_call_key())
 
     def execute(self, context: Context) -> dict[str, Any]:
         hook = self.hook
         call_ref = self.call_ref(context)
         try:
             # The rendered values, before waiting for a window or touching the ledger.
-            do_not_call = check_call_arguments(
-                agent_id=self.agent_id,
-                status_url=self.status_url or None,
-                session_parameters=self.session_parameters,
-                strict_parameter_names=self.strict_parameter_names,
-                do_not_call=self.do_not_call,
-                default_country=self.default_country,
-                rendered=True,
-            )
+            do_not_call = self._check_rendered(self.status_url or None)
             self.defer_outside_calling_window(hook, call_ref)
             status_url = self.status_url or hook.status_url_for(call_ref)
             if self.wait_for_status and not status_url:
@@ -217,7 +186,7 @@ class MakeCallOperator(BaseOperator):
                 strict_parameter_names=self.strict_parameter_names,
                 redial_unknown=self.redial_unknown,
                 extra_do_not_call=do_not_call,
-                **ti_identity(context),
+                identity=task_identity(context),
             )
         except VonageStudioError as exc:
             raise fail_task(exc) from exc
@@ -229,8 +198,8 @@ class MakeCallOperator(BaseOperator):
         self, context: Context, call: dict[str, Any], hook: VonageStudioHook
     ) -> dict[str, Any]:
         """Wait for the placed call's final status: defer to the trigger, or poll here."""
-        from airflow_provider_vonage_studio.exceptions import CallFailed
-        from airflow_provider_vonage_studio.outcome import record_verdict, wait_for_call
+        from airflow_provider_vonage_studio.outcome import wait_for_call
+        from airflow_provider_vonage_studio.results import settle
 
         # Downstream tasks (and the UI) can read call_ref while the wait is still going on.
         context["ti"].xcom_push(key="call", value=call)
@@ -250,22 +219,24 @@ class MakeCallOperator(BaseOperator):
                 method_name="execute_complete",
                 kwargs={"call": call},
             )
-        try:
-            outcome = wait_for_call(
+        # wait_for_call returns an outcome or raises: never None here.
+        outcome = cast(
+            "CallOutcome",
+            settle(
                 hook.store,
                 call_ref,
-                answer_window=self.answer_window,
-                fail_on=self.fail_on,
-                poll_interval=self.poke_interval,
-                log=self.log.info,
-            )
-        except VonageStudioError as exc:
-            if isinstance(exc, CallFailed):
-                record_verdict(hook.store, call_ref, exc.call_status, log=self.log)
-            raise fail_task(exc) from exc
+                lambda: wait_for_call(
+                    hook.store,
+                    call_ref,
+                    answer_window=self.answer_window,
+                    fail_on=self.fail_on,
+                    poll_interval=self.poke_interval,
+                    log=self.log.info,
+                ),
+                log=self.log,
+            ),
+        )
         self.log.info("Call %s ended: %s", call_ref, outcome.describe())
-        # Stored so the outcome view shows what this task reported (AI Studio never says "answered").
-        record_verdict(hook.store, call_ref, outcome.status, log=self.log)
         return {**call, "status": outcome.status}
 
     def execute_complete(
@@ -294,35 +265,22 @@ class MakeCallOperator(BaseOperator):
         :raises TaskDeferred: the window is closed (resumes in :meth:`execute_in_window`).
         :raises VonageStudioConfigError: ``timezone`` is not a known zone.
         """
-        from airflow_provider_vonage_studio.windows import parse_calling_window
-
-        window = parse_calling_window(self.calling_window)
-        if window is None:
-            return
-        from airflow_provider_vonage_studio.batch import dial_window_opening, recipient_timezone, would_dial
-        from airflow_provider_vonage_studio.destinations import normalize_destination, redact
-
-        try:
-            destination = normalize_destination(self.to, default_country=self.default_country)
-        except VonageStudioError:
-            return
-        record = hook.store.get_call(call_ref)
-        if record is not None and not would_dial(record, self.redial_unknown):
-            return
-        zone = recipient_timezone(destination, None, self.timezone)
-        opening = dial_window_opening(_utcnow(), window, zone)
-        if opening is None:
+        closed = closed_window(
+            hook,
+            self.to,
+            call_ref,
+            calling_window=self.calling_window,
+            default_country=self.default_country,
+            redial_unknown=self.redial_unknown,
+            timezone=self.timezone,
+            now=_utcnow(),
+        )
+        if closed is None:
             return
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
-        self.log.info(
-            "Calling window %s-%s (%s) of %s is closed; deferring the call until %s (no worker slot held)",
-            window[0].isoformat(),
-            window[1].isoformat(),
-            zone,
-            redact(destination),
-            opening.isoformat(),
-        )
+        opening, why = closed
+        self.log.info("%s", why)
         self.defer(trigger=DateTimeTrigger(moment=opening), method_name="execute_in_window")
 
     def execute_in_window(self, context: Context, event: Any = None) -> dict[str, Any]:
@@ -339,7 +297,7 @@ def _utcnow() -> datetime:
 # ----------------------------------------------------------------------------- MakeCallsOperator
 
 
-class MakeCallsOperator(BaseOperator):
+class MakeCallsOperator(BaseOperator, CallingTask):
     """Dial a list of recipients from one task: paced, exactly once per recipient, with progress.
 
     Each recipient is dialed through the hook, so all calls share the agent's pacing slots with
@@ -444,38 +402,26 @@ class MakeCallsOperator(BaseOperator):
         # Checked here so that a malformed window fails when the DAG is parsed, not at night.
         parse_calling_window(calling_window)
         self.recipients = recipients
-        self.agent_id = agent_id
-        self.session_parameters = session_parameters
-        self.hangup_on_answer_machine = hangup_on_answer_machine
-        self.vonage_studio_conn_id = vonage_studio_conn_id
-        self.default_country = default_country
-        self.strict_parameter_names = strict_parameter_names
-        self.call_key = call_key
-        self.redial_unknown = redial_unknown
         # Checked here so that a mistake fails when the DAG is parsed, not after dialing.
-        self.do_not_call = check_call_arguments(
+        self._keep_call_options(
             agent_id=agent_id,
             session_parameters=session_parameters,
+            hangup_on_answer_machine=hangup_on_answer_machine,
+            vonage_studio_conn_id=vonage_studio_conn_id,
+            default_country=default_country,
             strict_parameter_names=strict_parameter_names,
+            call_key=call_key,
+            redial_unknown=redial_unknown,
             do_not_call=do_not_call,
-            rendered=False,
+            timeout=timeout,
         )
         self.calling_window = calling_window
         self.timezone = timezone
         self.fail_on_rejected = bool(fail_on_rejected)
-        self.timeout = check_request_timeout(timeout)
-        self.wait_for_status = bool(wait_for_status)
-        self.answer_window = normalize_answer_window(answer_window)
-        self.fail_on = normalize_fail_on(fail_on)
-        self.poke_interval = normalize_interval(poke_interval, "poke_interval")
-        self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
+        (self.wait_for_status, self.answer_window, self.fail_on, self.poke_interval, self.deferrable) = (
+            wait_options(wait_for_status, answer_window, fail_on, poke_interval, deferrable)
+        )
         self.progress_interval = normalize_interval(progress_interval, "progress_interval")
-
-    @property
-    def hook(self) -> VonageStudioHook:
-        from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
-
-        return VonageStudioHook(self.vonage_studio_conn_id, timeout=self.timeout)
 
     def dialer(self, hook: VonageStudioHook, context: Context) -> BatchDialer:
         """The batch dialer for this task instance (same call_refs on every try)."""
@@ -486,7 +432,7 @@ class MakeCallsOperator(BaseOperator):
             hook,
             self.agent_id,
             **ti_identity(context),
-            call_key=None if self.call_key in (None, "") else str(self.call_key),
+            call_key=self._rendered_call_key(),
             hangup_on_answer_machine=self.hangup_on_answer_machine,
             redial_unknown=self.redial_unknown,
             do_not_call=self.do_not_call,
@@ -533,14 +479,7 @@ class MakeCallsOperator(BaseOperator):
         hook = self.hook
         try:
             # The rendered values, before the ledger is read or anyone is dialed.
-            check_call_arguments(
-                agent_id=self.agent_id,
-                session_parameters=self.session_parameters,
-                strict_parameter_names=self.strict_parameter_names,
-                do_not_call=self.do_not_call,
-                default_country=self.default_country,
-                rendered=True,
-            )
+            self._check_rendered()
             if self.wait_for_status and not (hook.config.callback_base_url and hook.config.callback_secret):
                 raise VonageStudioConfigError(
                     "wait_for_status=True needs a status_url for every call: set extra 'callback_base_url' "
@@ -627,59 +566,18 @@ class MakeCallsOperator(BaseOperator):
         report: BatchReport,
         statuses: Mapping[str, tuple[str | None, str | None]] | None,
     ) -> list[dict[str, Any]]:
-        from dataclasses import replace
+        from airflow_provider_vonage_studio.operators._batch import batch_problem, batch_results
 
-        from airflow_provider_vonage_studio.batch import ResultKind
-
-        results = list(report.results)
-        if statuses is not None:
-            for position, result in enumerate(results):
-                status, why = statuses.get(result.call_ref or "", (None, None))
-                if result.result is not ResultKind.PLACED:
-                    status, why = None, None
-                results[position] = replace(
-                    result, with_status=True, status=status, reason=result.reason or why
-                )
-            from airflow_provider_vonage_studio.outcome import record_verdicts
-
-            # Stored (one transaction) so the outcome view shows what this task reported,
-            # "answered" included, before fail_on may fail the task below.
-            record_verdicts(
-                lambda: self.hook.store,
-                {r.call_ref: r.status for r in results if r.call_ref and r.status},
-                log=self.log,
-            )
-        failed = [r for r in results if r.result in (ResultKind.REJECTED, ResultKind.UNKNOWN)]
-        bad_status = [r for r in results if r.status is not None and r.status in self.fail_on]
+        results = batch_results(report, statuses, lambda: self.hook.store, self.log)
         data = [r.to_dict() for r in results]
-        if (self.fail_on_rejected and failed) or bad_status:
+        problem = batch_problem(report, results, fail_on=self.fail_on, fail_on_rejected=self.fail_on_rejected)
+        if problem is not None:
             context["ti"].xcom_push(key="results", value=data)
-            problems = []
-            if self.fail_on_rejected and failed:
-                problems.append(
-                    f"{len(failed)} recipient(s) rejected or of unknown outcome (e.g. "
-                    + "; ".join(f"#{r.index} {r.to}: {r.result.value}: {r.reason}" for r in failed[:3])
-                    + ")"
-                )
-            if bad_status:
-                problems.append(
-                    f"{len(bad_status)} call(s) ended with a status in fail_on={list(self.fail_on)!r}"
-                )
-            hint = "; pass fail_on_rejected=False to succeed anyway" if failed else ""
-            raise AirflowFailException(
-                f"MakeCallsOperator: {' and '.join(problems)}; {report.summary()}. Per-recipient results "
-                f"are in the XCom 'results'{hint}"
-            )
+            raise AirflowFailException(problem)
         return data
 
 
 # ----------------------------------------------------------------------------- ExportSessionsOperator
-
-#: Protocols of object storage that is a local filesystem: there a temporary sibling can be
-#: renamed over the final file atomically. Object stores have no rename (it is copy + delete)
-#: but replace a whole object atomically when an upload completes, so they are written to the
-#: final key directly.
-_LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 class ExportSessionsOperator(BaseOperator):
@@ -785,73 +683,26 @@ class ExportSessionsOperator(BaseOperator):
 
     def window(self, context: Context) -> tuple[datetime, datetime]:
         """The window to export, as aware UTC datetimes: the (rendered) arguments, the data
-        interval, or the lookback. Every value, whatever Airflow or the template gave (pendulum,
-        stdlib, string), passes through :func:`~airflow_provider_vonage_studio.timeutil.to_utc`.
+        interval, or the lookback (see :func:`~airflow_provider_vonage_studio.operators._export.
+        export_window`).
 
         :raises VonageStudioConfigError: only one bound given, a bound that is not a datetime,
             date or ISO-8601 string, or no usable data interval and ``lookback=None``.
         """
-        from airflow_provider_vonage_studio.timeutil import to_utc
+        from airflow_provider_vonage_studio.operators._export import export_window
 
-        given = [value not in (None, "") for value in (self.from_date, self.to_date)]
-        if all(given):
-            return to_utc(self.from_date, field="from_date"), to_utc(self.to_date, field="to_date")
-        if any(given):
-            raise VonageStudioConfigError(
-                "from_date and to_date: both rendered, or neither (the data interval)"
-            )
-        raw_start = context.get("data_interval_start")
-        raw_end = context.get("data_interval_end")
-        start = None if raw_start is None else to_utc(raw_start, field="data_interval_start")
-        end = None if raw_end is None else to_utc(raw_end, field="data_interval_end")
-        if start is not None and end is not None and end > start:
-            return start, end
-        # A manual or asset-triggered run has no data interval (or start == end in Airflow 3).
-        if self.lookback is None:
-            raise VonageStudioConfigError(
-                "this run has no data interval to export (a manual run?) and lookback=None: pass "
-                "from_date and to_date"
-            )
-        dag_run = context.get("dag_run")
-        logical_date = context.get("logical_date")
-        run_after = getattr(dag_run, "run_after", None)
-        anchor: datetime
-        if end is not None:
-            anchor = end
-        elif logical_date is not None:
-            anchor = to_utc(logical_date, field="logical_date")
-        elif run_after is not None:
-            anchor = to_utc(run_after, field="run_after")
-        else:
-            anchor = datetime.now(dt_timezone.utc)
-        self.log.warning(
-            "This run has no data interval; exporting the %s before %s (lookback). Pass from_date and "
-            "to_date to choose the window.",
-            self.lookback,
-            anchor.isoformat(),
-        )
-        return anchor - self.lookback, anchor
+        return export_window(context, self.from_date, self.to_date, self.lookback, self.log)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import json
-
         from airflow.providers.common.compat.sdk import ObjectStoragePath
 
         from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
+        from airflow_provider_vonage_studio.operators._export import parse_filter_by
 
         try:
             # Normalised here (not only in the hook) so the returned window says what was searched.
             start, end = self.window(context)
-            filter_by = self.filter_by
-            if isinstance(filter_by, str):
-                try:
-                    filter_by = json.loads(filter_by) if filter_by.strip() else None
-                except ValueError as exc:
-                    raise VonageStudioConfigError(f"filter_by: not valid JSON ({exc})") from None
-            if filter_by is not None and not isinstance(filter_by, Mapping):
-                raise VonageStudioConfigError(
-                    f"filter_by: expected a bool query object, got {type(filter_by).__name__}"
-                )
+            filter_by = parse_filter_by(self.filter_by)
             sessions = VonageStudioHook(self.vonage_studio_conn_id).search_sessions(
                 start,
                 end,
@@ -875,40 +726,7 @@ class ExportSessionsOperator(BaseOperator):
         return {"rows": rows, "path": str(path), "from_date": start.isoformat(), "to_date": end.isoformat()}
 
     def _write(self, path: Any, sessions: Iterable[Mapping[str, Any]]) -> int:
-        """Stream ``sessions`` into ``path`` as JSON Lines; returns the number of lines."""
-        import os
-        import uuid
+        """Stream ``sessions`` into ``path`` as JSON Lines, replacing it whole; the line count."""
+        from airflow_provider_vonage_studio.operators._export import write_jsonl
 
-        if path.protocol not in _LOCAL_PROTOCOLS:
-            # In an fsspec transaction the upload is committed only when every line is written;
-            # a failure mid-export discards it (e.g. aborts the multipart upload), so the earlier
-            # object stays whole instead of being replaced by a partial one.
-            with path.fs.transaction:
-                return self._write_lines(path, sessions)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A hidden sibling, unique per attempt: a concurrent or killed try never leaves a
-        # half-written file under the final name.
-        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            rows = self._write_lines(temporary, sessions)
-            os.replace(temporary.path, path.path)  # atomic, and overwrites an earlier export
-        except BaseException:
-            try:
-                temporary.unlink(missing_ok=True)
-            except OSError:
-                self.log.warning("Could not remove the temporary file %s", str(temporary))
-            raise
-        return rows
-
-    @staticmethod
-    def _write_lines(path: Any, sessions: Iterable[Mapping[str, Any]]) -> int:
-        import json
-
-        rows = 0
-        with path.open("wb") as handle:
-            for session in sessions:
-                # Compact, non-ASCII kept as UTF-8; the API's JSON is re-encoded unchanged.
-                line = json.dumps(session, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-                handle.write(line.encode("utf-8") + b"\n")
-                rows += 1
-        return rows
+        return write_jsonl(path, sessions, self.log)

@@ -25,7 +25,7 @@ from airflow_provider_vonage_studio.outcome import (
 )
 
 # Kept importable from here for one release (they moved to results.py, beside the triggers).
-from airflow_provider_vonage_studio.results import check_call_result, record_event_verdict
+from airflow_provider_vonage_studio.results import check_call_result, record_event_verdict, settle
 from airflow_provider_vonage_studio.results import parameter_names as _parameter_names
 
 if TYPE_CHECKING:
@@ -81,15 +81,12 @@ def check_call_status(
         at placement, or a final status in ``fail_on`` (re-running cannot change any of them).
     """
     ref = resolve_call_ref(call_ref)
-    try:
-        outcome = check_call(open_store(store_url), ref, answer_window=answer_window, fail_on=fail_on)
-    except VonageStudioError as exc:
-        if isinstance(exc, CallFailed):
-            record_verdict(store_url, ref, exc.call_status, log=log)
-        raise fail_task(exc) from exc
-    if outcome is not None:
-        record_verdict(store_url, ref, outcome.status, log=log)
-    return outcome
+    return settle(
+        store_url,
+        ref,
+        lambda: check_call(open_store(store_url), ref, answer_window=answer_window, fail_on=fail_on),
+        log=log,
+    )
 
 
 def raise_for_trigger_event(event: dict[str, Any] | None) -> dict[str, Any]:
