@@ -32,7 +32,9 @@ One module per room:
 - :mod:`.insights`: the Insights routes and the ``filter_by`` compiler.
 - :mod:`.control`: the ``/_emulator`` routes (its docstring lists them).
 - :mod:`.delivery`: posting callbacks from timer threads.
+- :mod:`.answers`: reading request bodies, answering the API's error body.
 - :mod:`.app`: the ASGI app (recording and faults in front of the routes).
+- :mod:`.connection`: Airflow connection strings pointing at a running emulator.
 - :mod:`.server`: uvicorn in a daemon thread. :mod:`.cli`: the command line.
 """
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from airflow_provider_vonage_studio.testing.emulator.config import (
     check_wrapper,
     message_script,
 )
+from airflow_provider_vonage_studio.testing.emulator.connection import AirflowConnectionMixin
 from airflow_provider_vonage_studio.testing.emulator.limits import StrictLimiter
 from airflow_provider_vonage_studio.testing.emulator.records import (
     ApiError,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-class Emulator:
+class Emulator(AirflowConnectionMixin):
     """The AI Studio emulator: configuration, recorded traffic and the HTTP server.
 
     All keyword arguments are optional:
@@ -90,7 +90,7 @@ class Emulator:
     thread. Raises :class:`EmulatorConfigError` for malformed settings.
     """
 
-    # One settings list, as the API docs would give it: a long signature by nature.
+    # Long only because every setting is checked here, a line or two apiece.
     def __init__(
         self,
         *,
@@ -457,37 +457,6 @@ class Emulator:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-    # ----------------------------------------------------------------- Airflow connection
-
-    def connection_json(self, key: str | None = None, **extras: Any) -> str:
-        """Value for ``AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT`` (JSON form) pointing here.
-
-        ``key`` defaults to the first accepted key. The extra carries ``calls_per_second``
-        (this emulator's limit) plus ``extras``; an extra given as ``None`` is left out.
-        """
-        return json.dumps(
-            {
-                "conn_type": "vonage_studio",
-                "host": self.url,
-                "password": self.api_keys[0] if key is None else key,
-                "extra": self._extras(extras),
-            }
-        )
-
-    def connection_uri(self, key: str | None = None, **extras: Any) -> str:
-        """The same connection in Airflow's URI form
-        (``vonage-studio://http://:KEY@127.0.0.1%3APORT/?__extra__=...``)."""
-        from urllib.parse import quote, urlencode
-
-        host = self.url.split("://", 1)[1]
-        password = self.api_keys[0] if key is None else key
-        query = urlencode({"__extra__": json.dumps(self._extras(extras))})
-        return f"vonage-studio://http://:{quote(password, safe='')}@{quote(host, safe='')}/?{query}"
-
-    def _extras(self, extras: Mapping[str, Any]) -> dict[str, Any]:
-        merged: dict[str, Any] = {"calls_per_second": self.calls_per_second, **extras}
-        return {k: v for k, v in merged.items() if v is not None}
 
     # ----------------------------------------------------------------- used by the routes
 
