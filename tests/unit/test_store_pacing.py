@@ -25,6 +25,14 @@ from airflow_provider_vonage_studio.store import (
     calls_table,
     metadata,
 )
+from airflow_provider_vonage_studio.store.pacing import (
+    _factor,
+    _gate,
+    _over,
+    _poll_delay,
+    _recent,
+    _trim_recent,
+)
 
 KEY = "https://studio.test|agent:agent-1"
 T = 1_700_000_000.0
@@ -250,3 +258,44 @@ def test_pending_is_still_importable_as_an_alias() -> None:
     assert CallState.PENDING is CallState.SENDING
     assert CallState("pending") is CallState.SENDING
     assert [s.value for s in CallState] == ["queued", "sending", "placed", "rejected", "unknown"]
+
+
+# ------------------------------------------------------------------ the gate's maths, directly
+
+
+def test_gate_opens_a_window_times_factor_after_the_held_requests_are_over() -> None:
+    # limit 2: only requests older than the newest one hold the gate.
+    recent = [[T, T + 0.2], [T + 0.1, T + 0.4], [T + 0.3, None]]
+    assert _gate(recent, 1.0, 2, 1.0, T + 0.5) == (T + 1.4, True)
+    assert _gate(recent, 2.0, 2, 1.0, T + 0.5) == (T + 2.4, True)
+    # An unanswered held request not yet deemed over leaves the opening time unknown.
+    assert _gate(recent, 1.0, 1, 1.0, T + 0.5) == (T + 2.3, False)
+    # Deemed over one window after it left: known again.
+    assert _gate(recent, 1.0, 1, 1.0, T + 1.5) == (T + 2.3, True)
+    assert _gate([], 1.0, 1, 1.0, T) == (T, True)
+
+
+def test_over_factor_and_recent_tolerate_what_an_old_or_broken_row_holds() -> None:
+    assert _over([T, None], 1.0) == T + 1.0
+    assert _over([T, T + 0.3], 1.0) == T + 0.3
+    assert _factor(None) == 1.0
+    assert _factor(float("nan")) == 1.0
+    assert _factor(0.5) == 1.0
+    assert _factor(PACING_MAX_FACTOR * 10) == PACING_MAX_FACTOR
+    assert _recent(None) == [] and _recent("x") == []
+    assert _recent([[T, None], [T, "late"], [T], "x", [T + 1, T + 2]]) == [[T, None], [T + 1, T + 2]]
+
+
+def test_trim_recent_keeps_the_newest_and_every_request_that_may_still_hold_the_gate() -> None:
+    long_over = [T, T + 0.1]
+    still_holding = [T + 5, T + 5.1]
+    newest = [T + 9, None]
+    trimmed = _trim_recent([long_over, still_holding, newest], 2, 1.0, T + 10)
+    assert trimmed == [still_holding, newest]
+    assert _trim_recent([long_over], 2, 1.0, T + 100) == [long_over]  # among the newest limit - 1
+
+
+def test_poll_delay_is_between_one_and_ten_milliseconds() -> None:
+    assert _poll_delay(T, T + 5) == 0.001
+    assert _poll_delay(T + 0.005, T) == pytest.approx(0.005, abs=1e-6)
+    assert _poll_delay(T + 5, T) == 0.01
