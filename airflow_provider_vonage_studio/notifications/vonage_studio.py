@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from collections.abc import Generator
 
     from airflow_provider_vonage_studio._compat import Context
+    from airflow_provider_vonage_studio.calls import TaskIdentity
     from airflow_provider_vonage_studio.hooks.vonage_studio import CallResult, VonageStudioHook
 
 __all__ = [
@@ -96,6 +97,14 @@ class AlertEvent:
     task_id: str
     map_index: int
     name: str
+
+    @property
+    def identity(self) -> TaskIdentity:
+        """What the alert call is recorded under, as the hook's ledger takes it."""
+        # Imported here: the module's import cost is pinned (exceptions only) by a test.
+        from airflow_provider_vonage_studio.calls import TaskIdentity
+
+        return TaskIdentity(self.dag_id, self.run_id, self.task_id, self.map_index)
 
 
 def alert_event(context: Mapping[str, Any]) -> AlertEvent:
@@ -150,12 +159,10 @@ def alert_call_ref(event: AlertEvent, destination: str, agent_id: str, call_key:
     900123`` and ``447700900123`` are one person. The number only enters a SHA-256 digest:
     the ``call_ref`` does not reveal it.
     """
-    from airflow_provider_vonage_studio.callbacks.tokens import make_call_ref
-
     key = f"notify:{event.name}:{agent_id.strip()}:{destination}"
     if call_key:
         key = f"{call_key}/{key}"
-    return make_call_ref(event.dag_id, event.run_id, event.task_id, event.map_index, key=key)
+    return event.identity.call_ref(key)
 
 
 class VonageStudioCallNotifier(BaseNotifier):
@@ -227,21 +234,17 @@ class VonageStudioCallNotifier(BaseNotifier):
             )
         if not isinstance(agent_id, str):
             raise VonageStudioConfigError(f"agent_id: expected a string, got {type(agent_id).__name__}")
-        from airflow_provider_vonage_studio.validation import (
-            check_call_arguments,
-            check_request_timeout,
-            check_status_url,
-        )
+        from airflow_provider_vonage_studio.operators._calling import checked_do_not_call
+        from airflow_provider_vonage_studio.validation import check_request_timeout, check_status_url
 
         # status_url is not templated: it is checked as given.
         if status_url is not None:
             check_status_url(status_url)
-        self.do_not_call = check_call_arguments(
+        self.do_not_call = checked_do_not_call(
             agent_id=agent_id,
             session_parameters=session_parameters,
             strict_parameter_names=strict_parameter_names,
             do_not_call=do_not_call,
-            rendered=False,
         )
         self.to = to
         self.agent_id = agent_id
@@ -400,10 +403,7 @@ class VonageStudioCallNotifier(BaseNotifier):
             hangup_on_answer_machine=self.hangup_on_answer_machine,
             call_ref=call_ref,
             strict_parameter_names=self.strict_parameter_names,
-            dag_id=event.dag_id,
-            run_id=event.run_id,
-            task_id=event.task_id,
-            map_index=event.map_index,
+            identity=event.identity,
             recipient_key=f"notify:{event.name}",
             extra_do_not_call=self._do_not_call,
         )
