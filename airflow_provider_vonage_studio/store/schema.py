@@ -18,11 +18,6 @@ from sqlalchemy.engine import Connection
 from airflow_provider_vonage_studio.calls import CallState
 from airflow_provider_vonage_studio.store.errors import StoreSchemaTooNew
 
-#: Version of the table layout this code writes. Bump it together with an entry in
-#: ``_MIGRATIONS`` whenever a table changes.
-SCHEMA_VERSION = 3
-
-
 # Rows fetched per ``IN (...)`` query: well under SQLite's oldest bound-parameter limit (999).
 _CHUNK = 500
 # Column widths of the values that take part in keys; checked up front so a caller gets a
@@ -213,8 +208,14 @@ def _two_phase_ledger(conn: Connection) -> None:
 #: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
 #: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
 #: any table that did not exist (a new database is created at the current version directly and
-#: runs none). Bump ``SCHEMA_VERSION`` together with a new entry; steps must be idempotent.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_call_outcome, 3: _two_phase_ledger}
+#: runs none). A table change adds one entry (one line each, in order); steps must be idempotent.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _add_call_outcome,
+    3: _two_phase_ledger,
+}
+
+#: Version of the table layout this code writes: the newest migration's.
+SCHEMA_VERSION = max(_MIGRATIONS)
 
 
 def ensure_schema(conn: Connection, display_url: str) -> None:
