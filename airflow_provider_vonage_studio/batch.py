@@ -6,18 +6,26 @@ random points, as a worker crash would, to prove that a retry never dials anyone
 
 How a batch stays exactly-once and paced:
 
-* every recipient gets a deterministic ``call_ref`` (:func:`~airflow_provider_vonage_studio.
-  callbacks.tokens.make_call_ref` over the task instance and the recipient's key), so a
-  retried task finds the calls its earlier tries made;
+* every recipient gets a deterministic ``call_ref``
+  (:meth:`~airflow_provider_vonage_studio.calls.TaskIdentity.call_ref` over the task instance
+  and the recipient's key), so a retried task finds the calls its earlier tries made;
+* what an existing ledger row means is decided by
+  :func:`~airflow_provider_vonage_studio.ledger.decide`, the same rule the hook applies;
 * recipients are dialed one after another through
   :meth:`VonageStudioHook.make_call <airflow_provider_vonage_studio.hooks.vonage_studio.
   VonageStudioHook.make_call>`, which writes the ledger row ``queued`` before the slot wait,
   turns it ``sending`` (compare-and-set) when the send gate grants each request leave, back
   to ``queued`` after each definite "not placed", and completes it after the answer;
 * at the start of each pass, rows an earlier try left ``sending`` (it died while its request
-  may have been on the way) are relabelled ``unknown``: whether that phone rang is unknown, so
-  it is reported and never dialed again unless ``redial_unknown`` asks for it. Rows left
-  ``queued`` (it died before sending, e.g. while waiting for its slot) are simply dialed.
+  may have been on the way) are relabelled ``unknown``
+  (:meth:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook.settle_abandoned`):
+  whether that phone rang is unknown, so it is reported and never dialed again unless
+  ``redial_unknown`` asks for it. Rows left ``queued`` (it died before sending, e.g. while
+  waiting for its slot) are simply dialed.
+
+Planning and results live in :mod:`~airflow_provider_vonage_studio.recipients`, calling-window
+maths in :mod:`~airflow_provider_vonage_studio.windows`; their names stay importable from here
+(that re-export block, kept for one release, is what takes this module past 500 lines).
 
 The dialer uses the hook it is given. Tests that dial hundreds of calls against an emulator
 with a lifted limit pass ``VonageStudioHook(pace=False)``; that is a testing knob only, never
@@ -28,17 +36,16 @@ Nothing heavy is imported at module level: the operator module imports this one 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from datetime import time as dtime
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_vonage_studio.calls import CallState, TaskIdentity
 from airflow_provider_vonage_studio.exceptions import (
     CallOutcomeUnknown,
     CallPlacedNotRecorded,
@@ -48,6 +55,29 @@ from airflow_provider_vonage_studio.exceptions import (
     VonageStudioConfigError,
     VonageStudioError,
 )
+from airflow_provider_vonage_studio.ledger import Action, decide
+
+# Kept importable for one release: planning, results and window maths lived in this module.
+from airflow_provider_vonage_studio.recipients import (  # noqa: F401
+    RECIPIENT_FIELDS,
+    SKIPPED_DO_NOT_CALL,
+    SKIPPED_DUPLICATE,
+    BatchReport,
+    Recipient,
+    RecipientResult,
+    ResultKind,
+    _iso,
+    _iterable,
+    _split_item,
+    plan_recipients,
+)
+from airflow_provider_vonage_studio.windows import (  # noqa: F401
+    WINDOW_CLOSING_MARGIN,
+    _window_length,
+    dial_window_opening,
+    recipient_timezone,
+)
+from airflow_provider_vonage_studio.windows import check_zone as _check_zone  # noqa: F401
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
@@ -74,17 +104,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Keys a recipient given as a mapping may have.
-RECIPIENT_FIELDS = ("to", "session_parameters", "key", "timezone")
-
-#: ``reason`` of a recipient skipped because an earlier recipient has the same destination.
-SKIPPED_DUPLICATE = "duplicate"
-#: ``reason`` of a recipient skipped because its number is on a do-not-call list.
-SKIPPED_DO_NOT_CALL = "do-not-call"
-
-#: A dial starts only when the calling window is still open this much later: pacing waits
-#: and the hook's retries happen after the check and must not carry the call past the end.
-WINDOW_CLOSING_MARGIN = timedelta(seconds=60)
 
 #: Fresh dials in a row that got no answer before the batch stops (the API hangs): each
 #: one may have rung, so going on would only pile up calls of unknown outcome.
@@ -92,16 +111,6 @@ MAX_CONSECUTIVE_UNKNOWN = 5
 
 # Seconds of dials the "current rate" in progress lines is measured over.
 _RATE_WINDOW = 30.0
-
-
-class ResultKind(str, Enum):
-    """What became of one recipient of a batch."""
-
-    PLACED = "placed"  # AI Studio accepted the call (now, or on an earlier try)
-    REJECTED = "rejected"  # refused (invalid input, or by AI Studio): nothing rang
-    SKIPPED = "skipped"  # deliberately not dialed (duplicate, do-not-call, batch stopped)
-    UNKNOWN = "unknown"  # sent, no answer: it may have rung; never dialed again on its own
-    DEFERRED = "deferred"  # outside its calling window; dialed when the window opens
 
 
 class BatchStalled(VonageStudioError):
@@ -112,358 +121,18 @@ class BatchStalled(VonageStudioError):
     retryable = True
 
 
-@dataclass(frozen=True)
-class Recipient:
-    """One entry of a batch, checked and normalised (see :func:`plan_recipients`).
-
-    ``to`` is the value as given and must never be logged; ``destination`` is the normalised
-    number or SIP URI (``None`` when invalid); ``error`` says why it cannot be dialed at all;
-    ``duplicate_of`` is the index of an earlier recipient with the same destination;
-    ``timezone`` is the zone its calling window is read in (``None`` without a window).
-    """
-
-    index: int
-    to: str
-    destination: str | None
-    key: str | None = None
-    session_parameters: tuple[tuple[str, str], ...] = ()
-    timezone: str | None = None
-    error: str | None = None
-    duplicate_of: int | None = None
-
-    @property
-    def dialable(self) -> bool:
-        """Valid and not a duplicate: it gets a call_ref and (maybe) a call."""
-        return self.error is None and self.duplicate_of is None and self.destination is not None
-
-    @property
-    def ref_key(self) -> str:
-        """The recipient's part of its ``call_ref``: its own key, else its destination.
-
-        Namespaced (``key:`` / ``to:``) so that a key that happens to look like another
-        recipient's number can never collide with it.
-        """
-        if self.key is not None:
-            return f"key:{self.key}"
-        return f"to:{self.destination}"
-
-    @property
-    def shown(self) -> str:
-        """The destination as it may appear in logs and results (redacted)."""
-        from airflow_provider_vonage_studio.destinations import redact
-
-        return redact(self.destination or self.to)
-
-    def parameters_list(self) -> list[dict[str, str]]:
-        """Session parameters in the API's shape."""
-        return [{"name": name, "value": value} for name, value in self.session_parameters]
-
-
-@dataclass(frozen=True)
-class RecipientResult:
-    """The outcome of one recipient; :meth:`to_dict` is what the operator returns (XCom)."""
-
-    index: int
-    to: str  # redacted
-    key: str | None
-    call_ref: str | None
-    result: ResultKind
-    reason: str | None = None
-    session_id: str | None = None
-    session_start_time: datetime | None = None
-    duplicate_of: int | None = None
-    opens_at: datetime | None = None
-    status: str | None = None
-    with_status: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict: number redacted, times ISO-8601 UTC, no token or secret."""
-        data: dict[str, Any] = {
-            "index": self.index,
-            "to": self.to,
-            "key": self.key,
-            "call_ref": self.call_ref,
-            "result": self.result.value,
-            "reason": self.reason,
-            "session_id": self.session_id,
-            "session_start_time": _iso(self.session_start_time),
-        }
-        if self.duplicate_of is not None:
-            data["duplicate_of"] = self.duplicate_of
-        if self.opens_at is not None:
-            data["opens_at"] = _iso(self.opens_at)
-        if self.with_status:
-            data["status"] = self.status
-        return data
-
-
-@dataclass(frozen=True)
-class BatchReport:
-    """The results of one pass over a batch, in the recipients' order.
-
-    ``next_opening`` is the earliest calling-window opening among ``deferred`` recipients
-    (``None`` when none is deferred). ``stopped`` is the error that made the pass stop dialing
-    (a refused key, an unknown agent, an outage); recipients after it are ``skipped``.
-    ``rate_limited`` is how many 429s the hook absorbed during the pass.
-    """
-
-    results: tuple[RecipientResult, ...]
-    next_opening: datetime | None = None
-    stopped: VonageStudioError | None = None
-    rate_limited: int = 0
-    dialed: int = 0
-
-    def counts(self) -> dict[str, int]:
-        """How many recipients ended in each :class:`ResultKind` (all kinds, zeros included)."""
-        counts = {kind.value: 0 for kind in ResultKind}
-        for result in self.results:
-            counts[result.result.value] += 1
-        return counts
-
-    def placed_refs(self) -> list[str]:
-        """call_refs of the placed calls, in order."""
-        return [r.call_ref for r in self.results if r.result is ResultKind.PLACED and r.call_ref]
-
-    def summary(self) -> str:
-        """One line for logs and errors: ``placed 997, rejected 2, unknown 1 of 1000``."""
-        counts = self.counts()
-        parts = [f"{kind} {n}" for kind, n in counts.items() if n]
-        return f"{', '.join(parts) or 'nothing'} of {len(self.results)} recipient(s)"
-
-    def to_list(self) -> list[dict[str, Any]]:
-        """JSON-safe results (see :meth:`RecipientResult.to_dict`)."""
-        return [r.to_dict() for r in self.results]
-
-
-# ------------------------------------------------------------------------------ planning
-
-
-def plan_recipients(
-    recipients: Iterable[Any] | None,
-    *,
-    default_country: str | None = None,
-    session_parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-    strict_parameter_names: bool = True,
-    calling_window: tuple[dtime, dtime] | None = None,
-    timezone_name: str = "UTC",
-) -> list[Recipient]:
-    """Check and normalise ``recipients`` without any request or store access.
-
-    Each item is a number / SIP URI (``str``, or an ``int`` of digits with the country
-    code), or a mapping with ``to`` and optional ``session_parameters`` (merged over the
-    batch's, by name), ``key`` (what makes its call_ref; default: the normalised destination)
-    and ``timezone`` (IANA name of the callee's zone for the calling window). A bad item does
-    not fail the batch: it comes back with ``error`` set and is reported ``rejected``. An item
-    whose destination (after normalisation) repeats an earlier one gets ``duplicate_of``.
-    With ``calling_window`` each valid recipient gets the zone its window is read in:
-    its own ``timezone``, else the one ``phonenumbers`` gives for the number when there is
-    exactly one, else ``timezone_name``.
-
-    :raises VonageStudioConfigError: naming ``recipients`` when it is not a list (a string,
-        a mapping, ``None``), naming ``timezone`` when ``timezone_name`` is not a known zone.
-    :raises InvalidSessionParameter: the batch-wide ``session_parameters`` break AI Studio's rules.
-    """
-    from airflow_provider_vonage_studio.destinations import normalize_destination
-    from airflow_provider_vonage_studio.params import normalize_session_parameters
-
-    if recipients is None or isinstance(recipients, (str, bytes, Mapping)) or not _iterable(recipients):
-        hint = (
-            " (a template rendered to text: pass an upstream task's output, or set the DAG's "
-            "render_template_as_native_obj=True)"
-            if isinstance(recipients, str)
-            else ""
-        )
-        raise VonageStudioConfigError(
-            "recipients: expected a list of numbers or of mappings with 'to', "
-            f"got {type(recipients).__name__}{hint}"
-        )
-    defaults = {
-        p["name"]: p["value"]
-        for p in normalize_session_parameters(session_parameters, strict_names=strict_parameter_names)
-    }
-    if calling_window is not None:
-        _check_zone(timezone_name, "timezone")
-
-    plan: list[Recipient] = []
-    first_by_destination: dict[str, int] = {}
-    first_by_key: dict[str, int] = {}
-    for index, item in enumerate(recipients):
-        raw, fields, error = _split_item(index, item)
-        recipient = Recipient(index=index, to=raw, destination=None, error=error)
-        if error is None:
-            try:
-                destination = normalize_destination(raw, default_country=default_country)
-                params = dict(defaults)
-                for p in normalize_session_parameters(
-                    fields.get("session_parameters"), strict_names=strict_parameter_names
-                ):
-                    params[p["name"]] = p["value"]
-                zone = None
-                if calling_window is not None:
-                    if fields.get("timezone") is not None:
-                        _check_zone(fields["timezone"], f"recipients[{index}].timezone")
-                    zone = recipient_timezone(destination, fields.get("timezone"), timezone_name)
-                recipient = replace(
-                    recipient,
-                    destination=destination,
-                    key=fields.get("key"),
-                    session_parameters=tuple(params.items()),
-                    timezone=zone,
-                )
-            except VonageStudioError as exc:
-                recipient = replace(recipient, error=f"recipients[{index}]: {exc.message}")
-        dest, key = recipient.destination, recipient.key
-        if recipient.error is None and dest is not None:
-            earlier = first_by_destination.get(dest)
-            if earlier is not None:
-                recipient = replace(recipient, duplicate_of=earlier)
-            elif key is not None and key in first_by_key:
-                recipient = replace(
-                    recipient,
-                    error=f"recipients[{index}]: key {key!r} is already the key of "
-                    f"recipients[{first_by_key[key]}]; keys must be unique within a batch",
-                )
-            else:
-                first_by_destination[dest] = index
-                if key is not None:
-                    first_by_key[key] = index
-        plan.append(recipient)
-    return plan
-
-
-def _iterable(value: Any) -> bool:
-    try:
-        iter(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _split_item(index: int, item: Any) -> tuple[str, dict[str, Any], str | None]:
-    """``(to as given, other fields, error)`` of one recipient item; never raises."""
-    where = f"recipients[{index}]"
-    if isinstance(item, bool):
-        return str(item), {}, f"{where}: expected a number or a mapping with 'to', got bool"
-    if isinstance(item, (str, int)):
-        return str(item), {}, None
-    if not isinstance(item, Mapping):
-        return "", {}, f"{where}: expected a number or a mapping with 'to', got {type(item).__name__}"
-    to = item.get("to")
-    raw = str(to) if isinstance(to, (str, int)) and not isinstance(to, bool) else ""
-    unknown = sorted(str(k) for k in item if k not in RECIPIENT_FIELDS)
-    if unknown:
-        # A typo such as "session_parameter" must not silently drop what the agent should say.
-        allowed = ", ".join(RECIPIENT_FIELDS)
-        return raw, {}, f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {allowed}"
-    if not raw:
-        return raw, {}, f"{where}: 'to' is missing or not a string (a number or sip:user@host)"
-    fields: dict[str, Any] = {"session_parameters": item.get("session_parameters")}
-    key = item.get("key")
-    if key is not None:
-        if isinstance(key, bool) or not isinstance(key, (str, int)) or str(key) == "":
-            return raw, {}, f"{where}: 'key' must be a non-empty string, got {type(key).__name__}"
-        fields["key"] = str(key)
-    zone = item.get("timezone")
-    if zone is not None:
-        if not isinstance(zone, str) or not zone.strip():
-            return raw, {}, f"{where}: 'timezone' must be an IANA zone name such as 'Europe/London'"
-        fields["timezone"] = zone.strip()
-    return raw, fields, None
-
-
-def _check_zone(name: Any, field_name: str) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    if isinstance(name, str) and name.strip():
-        try:
-            ZoneInfo(name.strip())
-            return
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            pass
-    raise VonageStudioConfigError(
-        f"{field_name}: {name!r} is not a known IANA time zone name "
-        "(e.g. 'Europe/London', 'America/New_York')"
-    )
-
-
-# ------------------------------------------------------------------------- calling windows
-
-
-def recipient_timezone(destination: str | None, explicit: str | None, fallback: str) -> str:
-    """The zone a callee's calling window is read in: ``explicit`` when given, else the one
-    zone ``phonenumbers`` knows for the number, else ``fallback``."""
-    if explicit:
-        return explicit
-    if destination:
-        from airflow_provider_vonage_studio.destinations import timezone_for_number
-
-        zone = timezone_for_number(destination)
-        if zone:
-            return zone
-    return fallback
-
-
-def dial_window_opening(
-    now: datetime,
-    window: tuple[dtime, dtime] | None,
-    tz: str,
-    *,
-    margin: timedelta = WINDOW_CLOSING_MARGIN,
-) -> datetime | None:
-    """``None`` when a dial may start at ``now``, else when it may (aware UTC).
-
-    A dial may start when ``now`` is inside the window in zone ``tz`` and the window is
-    still open ``margin`` later (so that a pacing wait or a retry cannot carry the call past
-    the end); otherwise the answer is the window's next opening. The margin is capped at a
-    quarter of the window's length, so a short window still gets calls.
-
-    :raises VonageStudioConfigError: ``now`` is naive, ``tz`` is not a known zone.
-    """
-    from airflow_provider_vonage_studio.windows import next_window_open
-
-    if window is None:
-        return None
-    opening = next_window_open(now, window, tz)
-    if opening is not None:
-        return opening
-    margin = min(margin, _window_length(window) / 4)
-    if margin > timedelta(0):
-        later = next_window_open(now + margin, window, tz)
-        if later is not None:  # closes within the margin: wait for the next opening
-            return later
-    return None
-
-
-def _window_length(window: tuple[dtime, dtime]) -> timedelta:
-    start, end = window
-
-    def seconds(t: dtime) -> int:
-        return t.hour * 3600 + t.minute * 60 + t.second
-
-    return timedelta(seconds=(seconds(end) - seconds(start)) % 86400)
-
-
 # --------------------------------------------------------------------------- the ledger
 
 
 def would_dial(record: CallRecord, redial_unknown: bool) -> bool:
     """Whether :meth:`VonageStudioHook.make_call` would send a request for a call with this
-    ledger row (mirrors its rules; a unit test keeps the two in step).
+    ledger row: :func:`~airflow_provider_vonage_studio.ledger.decide`, the rule it applies.
 
     ``placed`` never; ``queued`` always (nothing was sent); ``rejected`` only when the refusal
     was one that left the call definitely not placed and worth trying again (429, 502/503/504,
     connection refused); ``unknown`` or ``sending`` only with ``redial_unknown``.
     """
-    from airflow_provider_vonage_studio.hooks.vonage_studio import error_for
-
-    state = record.state.value
-    if state == "placed":
-        return False
-    if state == "queued":
-        return True
-    if state == "rejected":
-        return error_for(record.error_status, record.error_message or "rejected earlier").retryable
-    return redial_unknown
+    return decide(record, record.destination, record.agent_id, redial_unknown=redial_unknown).sends
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -525,6 +194,8 @@ class BatchDialer:
 
         self.hook = hook
         self.agent_id = check_agent_id(agent_id)
+        self.task = TaskIdentity(dag_id, run_id, task_id, int(map_index))
+        # The same four values as a tuple, as this attribute has always been.
         self.identity = (dag_id, run_id, task_id, int(map_index))
         self.call_key = None if call_key in (None, "") else str(call_key)
         self.hangup_on_answer_machine = hangup_on_answer_machine
@@ -546,11 +217,8 @@ class BatchDialer:
 
     def call_ref_for(self, recipient: Recipient) -> str:
         """The recipient's deterministic call_ref (the same on every try of the task)."""
-        from airflow_provider_vonage_studio.callbacks.tokens import make_call_ref
-
         key = recipient.ref_key if self.call_key is None else f"{self.call_key}/{recipient.ref_key}"
-        dag_id, run_id, task_id, map_index = self.identity
-        return make_call_ref(dag_id, run_id, task_id, map_index, key=key)
+        return self.task.call_ref(key)
 
     def run(self, plan: Sequence[Recipient], *, dial: bool = True) -> BatchReport:
         """One pass over ``plan``: dial who may be dialed now, report everyone.
@@ -608,35 +276,24 @@ class BatchDialer:
     # -- steps --------------------------------------------------------------------------------
 
     def _settle_abandoned(self, store: CallStore, records: dict[str, CallRecord]) -> dict[str, CallRecord]:
-        """Relabel ``sending`` rows left by an earlier try as ``unknown``.
+        """Relabel ``sending`` rows left by an earlier try as ``unknown`` (the hook's
+        :meth:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook.settle_abandoned`).
 
         Within a pass every dial completes its row before the next starts, so a row still
         sending when a pass begins belongs to a try that died mid-request: the request may have
-        reached AI Studio. The change is a compare-and-set on the row as read, so an outcome
-        recorded meanwhile (a try that was not dead after all) is never overwritten. ``queued``
-        rows are left alone: nothing was sent, and this pass dials them.
+        reached AI Studio. ``queued`` rows are left alone: nothing was sent, and this pass
+        dials them. Returns ``records`` with the settled rows read again.
         """
-        from airflow_provider_vonage_studio.store import CallStateConflict
-
-        abandoned = [rec for rec in records.values() if rec.state.value == "sending"]
+        abandoned = self.hook.settle_abandoned(records.values(), doing="before dialing the batch")
         if not abandoned:
             return records
-        for rec in abandoned:
-            # A conflict means the row was completed by its own try meanwhile: the re-read shows it.
-            with contextlib.suppress(CallStateConflict):
-                store.mark_unknown(
-                    rec.call_ref,
-                    "an earlier try of the task ended while this call was being dialed (worker killed?): "
-                    "the request may have reached AI Studio, so whether the phone rang is unknown",
-                    expected=rec,
-                )
         self.log.warning(
             "%d call(s) were left 'sending' by an earlier try that ended mid-request; they are now "
             "'unknown' and are not dialed again (they may have rung). Set redial_unknown=True to call "
             "them anyway.",
             len(abandoned),
         )
-        return {**records, **store.get_calls([rec.call_ref for rec in abandoned])}
+        return {**records, **store.get_calls(abandoned)}
 
     def _listed(self, store: CallStore, destinations: list[str]) -> set[str]:
         """Destinations on the store's do-not-call list or the operator's extra list."""
@@ -671,15 +328,14 @@ class BatchDialer:
                 None,
             )
         assert ref is not None and recipient.destination is not None
-        if record is not None and (
-            record.destination != recipient.destination or record.agent_id != self.agent_id
-        ):
+        decision = decide(record, recipient.destination, self.agent_id, redial_unknown=self.redial_unknown)
+        if decision.action is Action.MISMATCH:
             reason = (
                 f"call_ref {ref} was used earlier for another destination or agent; a retry must dial the "
                 "same call. Give this recipient another key (or the batch a call_key) to call someone else."
             )
             return replace(base, result=ResultKind.REJECTED, reason=reason), False, None
-        if record is not None and not would_dial(record, self.redial_unknown):
+        if record is not None and not decision.sends:
             return _from_record(base, record), False, None
         if recipient.destination in listed:
             return replace(base, reason=SKIPPED_DO_NOT_CALL), False, None
@@ -703,7 +359,6 @@ class BatchDialer:
     def _dial(
         self, base: RecipientResult, recipient: Recipient, ref: str
     ) -> tuple[RecipientResult, bool, VonageStudioError | None]:
-        dag_id, run_id, task_id, map_index = self.identity
         try:
             status_url = self.hook.status_url_for(ref) if self.with_status_url else None
             call = self.hook.make_call(
@@ -714,10 +369,7 @@ class BatchDialer:
                 hangup_on_answer_machine=self.hangup_on_answer_machine,
                 call_ref=ref,
                 redial_unknown=self.redial_unknown,
-                dag_id=dag_id,
-                run_id=run_id,
-                task_id=task_id,
-                map_index=map_index,
+                identity=self.task,
                 recipient_key=recipient.key,
                 extra_do_not_call=self.do_not_call,
             )
@@ -762,22 +414,22 @@ class BatchDialer:
 
 def _from_record(base: RecipientResult, record: CallRecord) -> RecipientResult:
     """A result from the ledger alone (no request): what an earlier try or pass recorded."""
-    state = record.state.value
-    if state == "placed":
+    state = CallState(record.state)
+    if state is CallState.PLACED:
         return replace(
             base,
             result=ResultKind.PLACED,
             session_id=record.session_id,
             session_start_time=record.session_start_time,
         )
-    if state == "rejected":
+    if state is CallState.REJECTED:
         status = f"{record.error_status}: " if record.error_status is not None else ""
         return replace(
             base,
             result=ResultKind.REJECTED,
             reason=f"{status}{record.error_message or 'refused'} (on an earlier try; not dialed again)",
         )
-    if state == "queued":
+    if state is CallState.QUEUED:
         why = f" after {record.error_status}: {record.error_message}" if record.error_status else ""
         return replace(base, reason=f"not dialed yet (queued{why}); the next try dials it")
     return replace(
@@ -858,56 +510,23 @@ def wait_for_statuses(
     final status; return ``{call_ref: (status, None)}`` or ``(None, why)`` for a call that
     will never have one (unknown outcome, refused, not in the store).
 
-    The in-process twin of ``CallStatusTrigger(call_refs=...)``; both decide with
-    :func:`~airflow_provider_vonage_studio.outcome.evaluate_call`.
+    The batch's name for :func:`~airflow_provider_vonage_studio.outcome.wait_for_calls`, the
+    one waiting loop (the in-process twin of ``CallStatusTrigger(call_refs=...)``).
     """
-    from airflow_provider_vonage_studio.outcome import answer_deadline, evaluate_call
+    from airflow_provider_vonage_studio.outcome import wait_for_calls
 
-    clock = now or (lambda: datetime.now(timezone.utc))
-    logger = logger or log
-    waiting = list(dict.fromkeys(call_refs))
-    decided: dict[str, tuple[str | None, str | None]] = {}
-    while waiting:
-        records = store.get_calls(waiting)
-        current = clock()
-        deadlines = []
-        for ref in waiting:
-            record = records.get(ref)
-            try:
-                outcome = evaluate_call(
-                    record, now=current, answer_window=answer_window, fail_on=(), call_ref=ref
-                )
-            except VonageStudioError as exc:
-                decided[ref] = (None, exc.message)
-                continue
-            if outcome is not None:
-                decided[ref] = (outcome.status, None)
-            elif record is not None:
-                deadline = answer_deadline(record, answer_window)
-                if deadline is not None:
-                    deadlines.append(deadline)
-        waiting = [ref for ref in waiting if ref not in decided]
-        if not waiting:
-            break
-        delay = poll_interval
-        if deadlines:
-            # Wake when the first silent call becomes "answered" rather than up to a poll later.
-            delay = min(delay, max((min(deadlines) - current).total_seconds(), 0.0) + 0.01)
-        logger.info(
-            "Waiting for the status of %d of %d call(s); next check in %.1fs",
-            len(waiting),
-            len(call_refs),
-            delay,
-        )
-        sleep(delay)
-    return decided
+    return wait_for_calls(
+        store,
+        call_refs,
+        answer_window=answer_window,
+        poll_interval=poll_interval,
+        sleep=sleep,
+        now=now,
+        logger=logger or log,
+    )
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
 
 
 def _human(seconds: float) -> str:

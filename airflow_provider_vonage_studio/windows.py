@@ -16,11 +16,20 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta, timezone, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
 
-__all__ = ["DEFAULT_CALLING_WINDOW", "next_window_open", "parse_calling_window"]
+__all__ = [
+    "DEFAULT_CALLING_WINDOW",
+    "WINDOW_CLOSING_MARGIN",
+    "check_zone",
+    "dial_window_opening",
+    "next_window_open",
+    "parse_calling_window",
+    "recipient_timezone",
+]
 
 #: The window used when one is asked for without times (``True`` or ``()``).
 DEFAULT_CALLING_WINDOW: tuple[time, time] = (time(8, 0), time(21, 0))
@@ -199,3 +208,80 @@ def _offset_changes(zone: tzinfo, begin: datetime, end: datetime) -> list[dateti
             changes.append(datetime.fromtimestamp(hi, timezone.utc))
         left, left_offset = right, right_offset
     return changes
+
+
+# ------------------------------------------------------------ when a batch may dial a callee
+
+
+#: A dial starts only when the calling window is still open this much later: pacing waits
+#: and the hook's retries happen after the check and must not carry the call past the end.
+WINDOW_CLOSING_MARGIN = timedelta(seconds=60)
+
+
+def check_zone(name: Any, field_name: str) -> None:
+    """Check that ``name`` is a known IANA zone.
+
+    :raises VonageStudioConfigError: naming ``field_name``, for anything else.
+    """
+    if isinstance(name, str) and name.strip():
+        try:
+            ZoneInfo(name.strip())
+            return
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    raise VonageStudioConfigError(
+        f"{field_name}: {name!r} is not a known IANA time zone name "
+        "(e.g. 'Europe/London', 'America/New_York')"
+    )
+
+
+def recipient_timezone(destination: str | None, explicit: str | None, fallback: str) -> str:
+    """The zone a callee's calling window is read in: ``explicit`` when given, else the one
+    zone ``phonenumbers`` knows for the number, else ``fallback``."""
+    if explicit:
+        return explicit
+    if destination:
+        from airflow_provider_vonage_studio.destinations import timezone_for_number
+
+        zone = timezone_for_number(destination)
+        if zone:
+            return zone
+    return fallback
+
+
+def dial_window_opening(
+    now: datetime,
+    window: tuple[time, time] | None,
+    tz: str,
+    *,
+    margin: timedelta = WINDOW_CLOSING_MARGIN,
+) -> datetime | None:
+    """``None`` when a dial may start at ``now``, else when it may (aware UTC).
+
+    A dial may start when ``now`` is inside the window in zone ``tz`` and the window is
+    still open ``margin`` later (so that a pacing wait or a retry cannot carry the call past
+    the end); otherwise the answer is the window's next opening. The margin is capped at a
+    quarter of the window's length, so a short window still gets calls.
+
+    :raises VonageStudioConfigError: ``now`` is naive, ``tz`` is not a known zone.
+    """
+    if window is None:
+        return None
+    opening = next_window_open(now, window, tz)
+    if opening is not None:
+        return opening
+    margin = min(margin, _window_length(window) / 4)
+    if margin > timedelta(0):
+        later = next_window_open(now + margin, window, tz)
+        if later is not None:  # closes within the margin: wait for the next opening
+            return later
+    return None
+
+
+def _window_length(window: tuple[time, time]) -> timedelta:
+    start, end = window
+
+    def seconds(t: time) -> int:
+        return t.hour * 3600 + t.minute * 60 + t.second
+
+    return timedelta(seconds=(seconds(end) - seconds(start)) % 86400)

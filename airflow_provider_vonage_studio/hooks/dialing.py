@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -20,6 +20,7 @@ from airflow_provider_vonage_studio.exceptions import (
     CallOutcomeUnknown,
     CallPlacedNotRecorded,
     CallStoreUnavailable,
+    VonageStudioConfigError,
     VonageStudioError,
     VonageStudioRateLimited,
 )
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_vonage_studio.calls import CallRecord
 
-__all__ = ["CallResult", "DialingMixin"]
+__all__ = ["CallResult", "DialingMixin", "call_body"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class DialingMixin(PacingMixin, HttpMixin):
         status_url: str | None,
         ledger: _LedgerRow | None = None,
     ) -> CallResult:
+        """Send the make-call request (paced, retried) and read AI Studio's answer."""
         from airflow_provider_vonage_studio.callbacks.tokens import elide_token
         from airflow_provider_vonage_studio.destinations import redact
 
@@ -185,70 +187,100 @@ class DialingMixin(PacingMixin, HttpMixin):
 
         def attempt() -> requests.Response:
             while True:
-                sent_at = self._before_send(body["agent_id"], ledger)
-                try:
-                    try:
-                        resp = self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
-                    finally:
-                        # Read at once: the request arrived before this, and the next dial's gate
-                        # counts from it (a later clock reading would only slow everyone down).
-                        answered_at = time.time()
-                except _Retry as exc:
-                    rate_limited = exc.error.status == 429
-                    if sent_at is not None:
-                        # The answer is in: the request no longer counts as on its way. A 429 also
-                        # widens the spacing for every process sharing the store.
-                        self._pace_feedback(
-                            body["agent_id"],
-                            sent_at=sent_at,
-                            answered_at=answered_at,
-                            rate_limited=rate_limited,
-                            narrow=False,
-                            retry_after=exc.retry_after if rate_limited else None,
-                        )
-                    # Definitely not placed: the row goes back to queued before any back-off, so a
-                    # try killed while waiting leaves a call that the next try dials.
-                    if ledger is not None:
-                        ledger.sending = False
-                        self._record_after_send(
-                            f"call {ledger.call_ref}: refused with {exc.error} (not placed)",
-                            self.store.requeue,
-                            ledger.call_ref,
-                            exc.error.status,
-                            exc.error.message,
-                        )
-                    if not (self.pace and rate_limited):
-                        raise
-                    # Under the shared pacer a 429 waits for a new slot and is retried: never given
-                    # up for a count of 429s, only for time.
-                    if time.monotonic() >= rate_limited_until:
-                        if ledger is not None:
-                            ledger.keep_queued = True
-                        raise VonageStudioRateLimited(
-                            f"{exc.error.message}: still refused after {self.max_rate_limited_seconds:g}s of "
-                            "paced retries (max_rate_limited_seconds); the call was not placed and a later "
-                            "try dials it",
-                            429,
-                        ) from None
-                    continue
-                except VonageStudioError as exc:
-                    if sent_at is not None and not isinstance(exc, CallOutcomeUnknown):
-                        # A refusal: answered, so over. (No answer: the store's bound applies.)
-                        self._pace_feedback(
-                            body["agent_id"],
-                            sent_at=sent_at,
-                            answered_at=answered_at,
-                            rate_limited=False,
-                            narrow=False,
-                        )
-                    raise
-                if sent_at is not None:
-                    self._pace_feedback(
-                        body["agent_id"], sent_at=sent_at, answered_at=answered_at, rate_limited=False
-                    )
-                return resp
+                resp = self._paced_attempt(body, ledger, rate_limited_until)
+                if resp is not None:
+                    return resp
 
         resp = self._with_retries(attempt, what=f"make-call to {redact(body['to'])}")
+        return self._placed_result(resp, body, call_ref, status_url)
+
+    def _paced_attempt(
+        self, body: dict[str, Any], ledger: _LedgerRow | None, rate_limited_until: float
+    ) -> requests.Response | None:
+        """One request after its slot: the 2xx response, ``None`` when a 429 under the shared
+        pacer should wait for a new slot and try again, or the error (``_Retry`` for the policy)."""
+        sent_at = self._before_send(body["agent_id"], ledger)
+        try:
+            try:
+                resp = self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
+            finally:
+                # Read at once: the request arrived before this, and the next dial's gate
+                # counts from it (a later clock reading would only slow everyone down).
+                answered_at = time.time()
+        except _Retry as exc:
+            self._not_placed(exc, body["agent_id"], ledger, sent_at, answered_at)
+            if not (self.pace and exc.error.status == 429):
+                raise
+            # Under the shared pacer a 429 waits for a new slot and is retried: never given
+            # up for a count of 429s, only for time.
+            if time.monotonic() >= rate_limited_until:
+                if ledger is not None:
+                    ledger.keep_queued = True
+                raise VonageStudioRateLimited(
+                    f"{exc.error.message}: still refused after {self.max_rate_limited_seconds:g}s of "
+                    "paced retries (max_rate_limited_seconds); the call was not placed and a later "
+                    "try dials it",
+                    429,
+                ) from None
+            return None
+        except VonageStudioError as exc:
+            if sent_at is not None and not isinstance(exc, CallOutcomeUnknown):
+                # A refusal: answered, so over. (No answer: the store's bound applies.)
+                self._pace_feedback(
+                    body["agent_id"],
+                    sent_at=sent_at,
+                    answered_at=answered_at,
+                    rate_limited=False,
+                    narrow=False,
+                )
+            raise
+        if sent_at is not None:
+            self._pace_feedback(
+                body["agent_id"], sent_at=sent_at, answered_at=answered_at, rate_limited=False
+            )
+        return resp
+
+    def _not_placed(
+        self,
+        exc: _Retry,
+        agent_id: str,
+        ledger: _LedgerRow | None,
+        sent_at: float | None,
+        answered_at: float,
+    ) -> None:
+        """After a retryable refusal: tell the pacer, and put the row back to ``queued``."""
+        rate_limited = exc.error.status == 429
+        if sent_at is not None:
+            # The answer is in: the request no longer counts as on its way. A 429 also
+            # widens the spacing for every process sharing the store.
+            self._pace_feedback(
+                agent_id,
+                sent_at=sent_at,
+                answered_at=answered_at,
+                rate_limited=rate_limited,
+                narrow=False,
+                retry_after=exc.retry_after if rate_limited else None,
+            )
+        # Definitely not placed: the row goes back to queued before any back-off, so a
+        # try killed while waiting leaves a call that the next try dials.
+        if ledger is not None:
+            ledger.sending = False
+            self._record_after_send(
+                f"call {ledger.call_ref}: refused with {exc.error} (not placed)",
+                self.store.requeue,
+                ledger.call_ref,
+                exc.error.status,
+                exc.error.message,
+            )
+
+    def _placed_result(
+        self, resp: requests.Response, body: dict[str, Any], call_ref: str | None, status_url: str | None
+    ) -> CallResult:
+        """The :class:`CallResult` of a 2xx answer.
+
+        :raises CallOutcomeUnknown: the body is unreadable or lacks the session: AI Studio
+            accepted the call, so this must never read as "not placed".
+        """
         try:
             data = _json(resp)
         except VonageStudioError as exc:
@@ -274,6 +306,45 @@ class DialingMixin(PacingMixin, HttpMixin):
             agent_id=body["agent_id"],
             status_url=status_url,
         )
+
+
+def call_body(
+    to: str,
+    agent_id: str,
+    *,
+    session_parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+    status_url: str | None,
+    hangup_on_answer_machine: bool | None,
+    default_country: str | None,
+    strict_parameter_names: bool,
+) -> tuple[dict[str, Any], str | None]:
+    """The make-call body, every input checked (nothing is written or sent before), and the
+    checked ``status_url``.
+
+    :raises InvalidDestination, InvalidSessionParameter, VonageStudioConfigError: as
+        ``VonageStudioHook.make_call`` documents, naming the field.
+    """
+    from airflow_provider_vonage_studio.destinations import normalize_destination
+    from airflow_provider_vonage_studio.params import normalize_session_parameters
+    from airflow_provider_vonage_studio.validation import check_agent_id, check_status_url
+
+    agent_id = check_agent_id(agent_id)
+    destination = normalize_destination(to, default_country=default_country)
+    params = normalize_session_parameters(session_parameters, strict_names=strict_parameter_names)
+    if hangup_on_answer_machine is not None and not isinstance(hangup_on_answer_machine, bool):
+        raise VonageStudioConfigError(
+            f"hangup_on_answer_machine must be true or false, got {hangup_on_answer_machine!r}"
+        )
+    if status_url is not None:
+        status_url = check_status_url(status_url)
+    body: dict[str, Any] = {"agent_id": agent_id, "to": destination}
+    if status_url:
+        body["status_url"] = status_url
+    if hangup_on_answer_machine is not None:
+        body["hangup_on_answer_machine"] = hangup_on_answer_machine
+    if params:
+        body["session_parameters"] = params
+    return body, status_url
 
 
 def _normalized_numbers(numbers: Any, default_country: str | None) -> frozenset[str]:

@@ -10,6 +10,8 @@ never importing this one:
 * :mod:`.pacing` — shared slots and the send gate in the call store;
 * :mod:`.dialing` — the make-call request and the ledger writes after it;
 * :mod:`.insights` — session parameters and session search, and their body readers.
+
+(Over 500 lines only by the block of old names re-exported for one release, about 90 lines.)
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from airflow_provider_vonage_studio.hooks.dialing import (  # noqa: F401
     _normalized_cached,
     _normalized_numbers,
     _result_from_record,
+    call_body,
 )
 from airflow_provider_vonage_studio.hooks.http import (  # noqa: F401
     CONNECT_TIMEOUT,
@@ -336,7 +339,7 @@ class VonageStudioHook(DialingMixin, InsightsMixin, BaseHook):
         :raises CallOutcomeUnknown: the request was sent and no answer came back.
         """
         task = _task_identity(identity, dag_id, run_id, task_id, map_index)
-        body, status_url = _call_body(
+        body, status_url = call_body(
             to,
             agent_id,
             session_parameters=session_parameters,
@@ -512,41 +515,6 @@ def _task_identity(
             "identity=TaskIdentity(...) or as dag_id/run_id/task_id/map_index, not both"
         )
     return {name: getattr(identity, name) for name in _IDENTITY_FIELDS}
-
-
-def _call_body(
-    to: str,
-    agent_id: str,
-    *,
-    session_parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
-    status_url: str | None,
-    hangup_on_answer_machine: bool | None,
-    default_country: str | None,
-    strict_parameter_names: bool,
-) -> tuple[dict[str, Any], str | None]:
-    """The make-call body, every input checked (nothing is written or sent before), and the
-    checked ``status_url``."""
-    from airflow_provider_vonage_studio.destinations import normalize_destination
-    from airflow_provider_vonage_studio.params import normalize_session_parameters
-    from airflow_provider_vonage_studio.validation import check_agent_id, check_status_url
-
-    agent_id = check_agent_id(agent_id)
-    destination = normalize_destination(to, default_country=default_country)
-    params = normalize_session_parameters(session_parameters, strict_names=strict_parameter_names)
-    if hangup_on_answer_machine is not None and not isinstance(hangup_on_answer_machine, bool):
-        raise VonageStudioConfigError(
-            f"hangup_on_answer_machine must be true or false, got {hangup_on_answer_machine!r}"
-        )
-    if status_url is not None:
-        status_url = check_status_url(status_url)
-    body: dict[str, Any] = {"agent_id": agent_id, "to": destination}
-    if status_url:
-        body["status_url"] = status_url
-    if hangup_on_answer_machine is not None:
-        body["hangup_on_answer_machine"] = hangup_on_answer_machine
-    if params:
-        body["session_parameters"] = params
-    return body, status_url
 
 
 __all__ = [

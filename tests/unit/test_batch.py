@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, time, timezone
 
 import pytest
 import requests
 
 from airflow_provider_vonage_studio.batch import (
     BatchDialer,
-    BatchReport,
     Recipient,
-    RecipientResult,
-    ResultKind,
-    dial_window_opening,
     plan_recipients,
-    recipient_timezone,
     would_dial,
 )
 from airflow_provider_vonage_studio.exceptions import (
     CallOutcomeUnknown,
-    InvalidSessionParameter,
-    VonageStudioConfigError,
     VonageStudioError,
 )
 from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
@@ -40,140 +33,6 @@ WINDOW = (time(9, 0), time(20, 0))
 
 def _utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
-
-
-# -- planning ------------------------------------------------------------------------------------
-
-
-def test_plan_normalises_numbers_and_mappings_in_order():
-    plan = plan_recipients(
-        [
-            "+44 7700 900123",
-            {"to": "+1 (212) 555-0100", "key": "cust-7", "session_parameters": {"CALLER_NAME": "Ann"}},
-            {"to": "sip:alice@pbx.example.com"},
-            12125550199,
-        ],
-        session_parameters={"CALLER_NAME": "Default", "CAMPAIGN": "Q3"},
-    )
-    assert [r.destination for r in plan] == [
-        "447700900123",
-        "12125550100",
-        "sip:alice@pbx.example.com",
-        "12125550199",
-    ]
-    assert all(r.dialable for r in plan)
-    # Per-recipient values override the batch's by name; the order of the batch's names is kept.
-    assert plan[1].parameters_list() == [
-        {"name": "CALLER_NAME", "value": "Ann"},
-        {"name": "CAMPAIGN", "value": "Q3"},
-    ]
-    assert plan[0].parameters_list()[0] == {"name": "CALLER_NAME", "value": "Default"}
-    assert plan[1].ref_key == "key:cust-7"
-    assert plan[0].ref_key == "to:447700900123"
-    assert plan[0].shown == "+44•••••0123"
-
-
-def test_duplicates_after_normalisation_are_marked_not_rejected():
-    plan = plan_recipients(["+44 7700 900123", "447700900123", {"to": "0044 7700 900123", "key": "x"}])
-    assert [r.duplicate_of for r in plan] == [None, 0, 0]
-    assert [r.dialable for r in plan] == [True, False, False]
-    assert all(r.error is None for r in plan)
-
-
-@pytest.mark.parametrize(
-    ("item", "message"),
-    [
-        ("call me maybe", "recipients[0]: "),
-        ({"to": "447700900123", "session_parameter": {"A": "b"}}, "unknown field(s) session_parameter"),
-        ({"session_parameters": {}}, "'to' is missing"),
-        ({"to": None}, "'to' is missing"),
-        ({"to": "447700900123", "key": ""}, "'key' must be a non-empty string"),
-        ({"to": "447700900123", "session_parameters": {"caller name": "x"}}, "caller name"),
-        (3.5, "got float"),
-        (True, "got bool"),
-        ({"to": "447700900123", "timezone": 5}, "'timezone' must be an IANA zone name"),
-    ],
-)
-def test_a_bad_recipient_is_rejected_alone_with_a_reason(item, message):
-    plan = plan_recipients([item, "447700900456"])
-    assert plan[0].error is not None and message in plan[0].error
-    assert not plan[0].dialable
-    assert plan[1].dialable
-
-
-def test_duplicate_keys_for_different_numbers_are_refused():
-    plan = plan_recipients([{"to": "447700900123", "key": "k"}, {"to": "447700900456", "key": "k"}])
-    assert plan[0].dialable
-    assert "key 'k' is already the key of recipients[0]" in (plan[1].error or "")
-
-
-@pytest.mark.parametrize("bad", [None, "447700900123", {"to": "447700900123"}, 42])
-def test_recipients_must_be_a_list(bad):
-    with pytest.raises(VonageStudioConfigError, match="recipients: expected a list"):
-        plan_recipients(bad)
-
-
-def test_bad_batch_parameters_fail_the_whole_batch():
-    with pytest.raises(InvalidSessionParameter):
-        plan_recipients(["447700900123"], session_parameters={"lower": "x"})
-
-
-def test_an_iterable_such_as_a_lazy_xcom_sequence_is_accepted():
-    assert [r.destination for r in plan_recipients(iter(["447700900123"]))] == ["447700900123"]
-
-
-def test_timezone_explicit_then_inferred_then_fallback():
-    plan = plan_recipients(
-        [
-            {"to": "447700900123", "timezone": "Asia/Tokyo"},  # explicit wins
-            "+1 212 555 0100",  # New York number: one zone
-            "sip:bob@pbx.example.com",  # SIP: no zone
-            "+1 800 555 0100",  # toll free: several zones
-        ],
-        calling_window=WINDOW,
-        timezone_name="Europe/Paris",
-    )
-    assert [r.timezone for r in plan] == ["Asia/Tokyo", "America/New_York", "Europe/Paris", "Europe/Paris"]
-    assert recipient_timezone("442079460123", None, "UTC") == "Europe/London"
-    assert recipient_timezone("447700900123", None, "UTC") == "UTC"  # UK mobiles span several zones
-    assert recipient_timezone(None, None, "UTC") == "UTC"
-
-
-def test_zones_are_only_checked_when_a_window_is_used():
-    assert plan_recipients([{"to": "447700900123", "timezone": "Mars/Olympus"}])[0].dialable
-    plan = plan_recipients([{"to": "447700900123", "timezone": "Mars/Olympus"}], calling_window=WINDOW)
-    assert "recipients[0].timezone" in (plan[0].error or "")
-    with pytest.raises(VonageStudioConfigError, match="timezone"):
-        plan_recipients(["447700900123"], calling_window=WINDOW, timezone_name="Nowhere/Else")
-
-
-# -- calling windows --------------------------------------------------------------------------------
-
-
-def test_window_open_closed_and_next_opening_with_an_injected_now():
-    # 10:00 in London (BST, UTC+1) is inside 09:00-20:00.
-    assert dial_window_opening(_utc(2026, 6, 1, 9, 0), WINDOW, "Europe/London") is None
-    # 06:00 in London: opens at 09:00 local = 08:00 UTC the same day.
-    assert dial_window_opening(_utc(2026, 6, 1, 5, 0), WINDOW, "Europe/London") == _utc(2026, 6, 1, 8, 0)
-    # 22:00 in New York (EDT, UTC-4): opens the next morning at 13:00 UTC.
-    assert dial_window_opening(_utc(2026, 6, 2, 2, 0), WINDOW, "America/New_York") == _utc(2026, 6, 2, 13, 0)
-    assert dial_window_opening(_utc(2026, 6, 1, 5, 0), None, "Europe/London") is None
-
-
-def test_no_dial_starts_in_the_last_minute_of_a_window():
-    # 19:59:30 London: the window is still open but closes within the margin -> next morning.
-    now = _utc(2026, 6, 1, 18, 59, 30)
-    assert dial_window_opening(now, WINDOW, "Europe/London") == _utc(2026, 6, 2, 8, 0)
-    assert dial_window_opening(now, WINDOW, "Europe/London", margin=timedelta(0)) is None
-    # A window shorter than four margins still gets calls (the margin shrinks with it).
-    short = (time(9, 0), time(9, 2))
-    assert dial_window_opening(_utc(2026, 1, 5, 9, 0, 10), short, "UTC") is None
-
-
-def test_window_crossing_midnight():
-    night = (time(22, 0), time(2, 0))
-    assert dial_window_opening(_utc(2026, 1, 5, 23, 30), night, "UTC") is None
-    assert dial_window_opening(_utc(2026, 1, 5, 3, 0), night, "UTC") == _utc(2026, 1, 5, 22, 0)
 
 
 # -- the ledger rule shared with the hook -------------------------------------------------------------
@@ -253,38 +112,6 @@ def test_store_mark_unknown_is_a_compare_and_set_when_asked(tmp_path):
 # -- reporting -----------------------------------------------------------------------------------------
 
 
-def test_results_are_json_safe_and_redacted():
-    import json
-
-    result = RecipientResult(
-        index=0,
-        to="+44•••••0123",
-        key=None,
-        call_ref="vs-x",
-        result=ResultKind.PLACED,
-        session_id="s",
-        session_start_time=_utc(2026, 1, 1, 9),
-        with_status=True,
-        status="answered",
-    )
-    report = BatchReport(results=(result, RecipientResult(1, "+44•••••0456", None, None, ResultKind.SKIPPED)))
-    data = json.loads(json.dumps(report.to_list()))
-    assert data[0] == {
-        "index": 0,
-        "to": "+44•••••0123",
-        "key": None,
-        "call_ref": "vs-x",
-        "result": "placed",
-        "reason": None,
-        "session_id": "s",
-        "session_start_time": "2026-01-01T09:00:00+00:00",
-        "status": "answered",
-    }
-    assert report.counts() == {"placed": 1, "rejected": 0, "skipped": 1, "unknown": 0, "deferred": 0}
-    assert report.summary() == "placed 1, skipped 1 of 2 recipient(s)"
-    assert report.placed_refs() == ["vs-x"]
-
-
 def test_call_refs_are_stable_and_depend_on_key_and_call_key(hook):
     def ref(call_key=None, recipient=None):
         dialer = BatchDialer(hook, "agent-1", dag_id="d", run_id="r", task_id="t", call_key=call_key)
@@ -318,3 +145,49 @@ def test_progress_lines_report_rate_and_eta(hook, requests_mock, caplog):
     assert lines and "6/6 recipients done (placed 6)" in lines[-1]
     assert any("calls/s; ETA" in line for line in lines)
     assert "429s absorbed so far: 0" in lines[-1]
+
+
+@pytest.mark.parametrize("redial_unknown", [False, True])
+@pytest.mark.parametrize(
+    ("state", "error_status"),
+    [
+        ("queued", None),
+        ("sending", None),
+        ("placed", None),
+        ("unknown", None),
+        ("rejected", 400),
+        ("rejected", 429),
+    ],
+)
+def test_would_dial_is_the_ledger_decision(hook, state, error_status, redial_unknown):
+    """By construction now: the dialer's rule is ``ledger.decide``, the one the hook applies."""
+    from dataclasses import replace
+
+    from airflow_provider_vonage_studio.calls import CallState
+    from airflow_provider_vonage_studio.ledger import decide
+
+    _, row = hook.store.begin_call("vs-rule", agent_id="agent-1", destination="447700900123")
+    record = replace(row, state=CallState(state), error_status=error_status, error_message="x")
+    expected = decide(record, "447700900123", "agent-1", redial_unknown=redial_unknown).sends
+    assert would_dial(record, redial_unknown) is expected
+
+
+def test_a_pass_settles_abandoned_rows_through_the_hook(hook, requests_mock, monkeypatch):
+    requests_mock.post(URL, json=OK)
+    dialer = BatchDialer(hook, "agent-1", dag_id="d", run_id="r", task_id="t")
+    plan = plan_recipients(["447700900123", "447700900456"])
+    dying = dialer.call_ref_for(plan[0])
+    hook.store.begin_call(dying, agent_id="agent-1", destination="447700900123")
+    hook.store.mark_sending(dying)  # an earlier try died mid-request
+    seen = []
+    real = hook.settle_abandoned
+    monkeypatch.setattr(
+        hook,
+        "settle_abandoned",
+        lambda records, **kw: seen.append(sorted(r.call_ref for r in records)) or real(records, **kw),
+    )
+    report = dialer.run(plan)
+    assert seen == [[dying]]
+    assert [r.result.value for r in report.results] == ["unknown", "placed"]
+    assert "ended while this call was being dialed" in (report.results[0].reason or "")
+    assert requests_mock.call_count == 1

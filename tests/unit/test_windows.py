@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
 from airflow_provider_vonage_studio.windows import (
     DEFAULT_CALLING_WINDOW,
+    dial_window_opening,
     next_window_open,
     parse_calling_window,
+    recipient_timezone,
 )
 
 UTC = timezone.utc
@@ -341,3 +343,54 @@ def test_opening_near_dst_switches(near: tuple[str, datetime], minutes: int, sta
     if now < switch < opening:
         assert not _inside(switch, start, end, zone)
     assert not _inside(opening - timedelta(seconds=1), start, end, zone)
+
+
+WINDOW = (time(9, 0), time(20, 0))
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=timezone.utc)
+
+
+# --- dial_window_opening (moved here from batch) -----------------------------------------------
+
+
+def test_window_open_closed_and_next_opening_with_an_injected_now():
+    # 10:00 in London (BST, UTC+1) is inside 09:00-20:00.
+    assert dial_window_opening(_utc(2026, 6, 1, 9, 0), WINDOW, "Europe/London") is None
+    # 06:00 in London: opens at 09:00 local = 08:00 UTC the same day.
+    assert dial_window_opening(_utc(2026, 6, 1, 5, 0), WINDOW, "Europe/London") == _utc(2026, 6, 1, 8, 0)
+    # 22:00 in New York (EDT, UTC-4): opens the next morning at 13:00 UTC.
+    assert dial_window_opening(_utc(2026, 6, 2, 2, 0), WINDOW, "America/New_York") == _utc(2026, 6, 2, 13, 0)
+    assert dial_window_opening(_utc(2026, 6, 1, 5, 0), None, "Europe/London") is None
+
+
+def test_no_dial_starts_in_the_last_minute_of_a_window():
+    # 19:59:30 London: the window is still open but closes within the margin -> next morning.
+    now = _utc(2026, 6, 1, 18, 59, 30)
+    assert dial_window_opening(now, WINDOW, "Europe/London") == _utc(2026, 6, 2, 8, 0)
+    assert dial_window_opening(now, WINDOW, "Europe/London", margin=timedelta(0)) is None
+    # A window shorter than four margins still gets calls (the margin shrinks with it).
+    short = (time(9, 0), time(9, 2))
+    assert dial_window_opening(_utc(2026, 1, 5, 9, 0, 10), short, "UTC") is None
+
+
+def test_dial_window_crossing_midnight():
+    night = (time(22, 0), time(2, 0))
+    assert dial_window_opening(_utc(2026, 1, 5, 23, 30), night, "UTC") is None
+    assert dial_window_opening(_utc(2026, 1, 5, 3, 0), night, "UTC") == _utc(2026, 1, 5, 22, 0)
+
+
+def test_recipient_timezone_explicit_then_inferred_then_fallback():
+    assert recipient_timezone("447700900123", "Asia/Tokyo", "UTC") == "Asia/Tokyo"
+    assert recipient_timezone("442079460123", None, "UTC") == "Europe/London"
+    assert recipient_timezone("447700900123", None, "UTC") == "UTC"  # UK mobiles span several zones
+    assert recipient_timezone(None, None, "UTC") == "UTC"
+
+
+def test_window_names_stay_importable_from_batch():
+    from airflow_provider_vonage_studio import batch, windows
+
+    assert batch.dial_window_opening is windows.dial_window_opening
+    assert batch.recipient_timezone is windows.recipient_timezone
+    assert batch.WINDOW_CLOSING_MARGIN is windows.WINDOW_CLOSING_MARGIN
