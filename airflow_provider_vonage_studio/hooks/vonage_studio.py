@@ -16,6 +16,7 @@ never importing this one:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,9 +30,13 @@ from airflow_provider_vonage_studio.exceptions import (  # error_for & co. re-ex
     PRECONFIGURED_SESSION_MESSAGE,  # noqa: F401
     RETRYABLE_STATUSES,  # noqa: F401
     CallOutcomeUnknown,
+    CallPlacedNotRecorded,  # noqa: F401
+    CallStoreUnavailable,  # noqa: F401
     DoNotCall,
     VonageStudioConfigError,
+    VonageStudioConnectionError,  # noqa: F401
     VonageStudioError,
+    VonageStudioRateLimited,  # noqa: F401
     error_for,
 )
 
@@ -101,6 +106,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_vonage_studio.calls import CallRecord
     from airflow_provider_vonage_studio.store import CallStore
+
+log = logging.getLogger(__name__)
 
 #: Why :meth:`VonageStudioHook.settle_abandoned` marks a row ``unknown`` unless told otherwise.
 ABANDONED_REASON = (

@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
-from airflow_provider_vonage_studio.hooks.vonage_studio import REGION_HOSTS, VonageStudioHook
+from airflow_provider_vonage_studio.hooks.connection import REGION_HOSTS
+from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
 from tests.conftest import TEST_KEY, conn_json
 
 URL = "https://studio.test/telephony/make-call"

@@ -313,3 +313,33 @@ def test_do_not_call_is_checked_once_when_another_try_wrote_the_row_first(hook, 
     hook.make_call("9725411116037", "agent-1", call_ref="vs-race")
     assert checks == [["9725411116037"]]
     assert requests_mock.call_count == 1
+
+
+def test_names_of_the_hook_module_before_its_split_stay_importable():
+    from airflow_provider_vonage_studio.hooks import connection, dialing, http, insights
+    from airflow_provider_vonage_studio.hooks import vonage_studio as hook_module
+
+    moved = {
+        connection: [
+            "ConnectionConfig",
+            "parse_connection",
+            "REGION_HOSTS",
+            "DEFAULT_PACING_MARGIN",
+            "_extra_str",
+        ],
+        http: [
+            "CONNECT_TIMEOUT",
+            "MAKE_CALL_PATH",
+            "parse_api_time",
+            "_json",
+            "_error_message",
+            "_retry_after",
+        ],
+        insights: ["INSIGHTS_MAX_RANGE", "parse_parameters_body", "parse_search_body", "_unwrapped"],
+        dialing: ["CallResult", "_result_from_record", "_normalized_numbers"],
+    }
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(hook_module, name) is getattr(module, name), name
+    for name in ("error_for", "RETRYABLE_STATUSES", "CallStoreUnavailable", "VonageStudioRateLimited"):
+        assert hasattr(hook_module, name), name

@@ -19,11 +19,8 @@ from airflow_provider_vonage_studio.exceptions import (
     VonageStudioError,
     VonageStudioServerError,
 )
-from airflow_provider_vonage_studio.hooks.vonage_studio import (
-    VonageStudioHook,
-    parse_parameters_body,
-    parse_search_body,
-)
+from airflow_provider_vonage_studio.hooks.insights import parse_parameters_body, parse_search_body
+from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
 from tests.conftest import TEST_KEY
 
 BASE = "https://studio.test"
