@@ -4,6 +4,13 @@ Thin by design: they render and check their arguments, build the ``call_ref`` th
 retried task find its own earlier call, and hand everything to
 :class:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook`.
 This module is imported when DAG files are parsed, so it imports nothing heavy at the top.
+
+It stays over ~500 lines on purpose: the three operator classes must be *defined* here
+(serialized DAGs record each operator's module, so a class defined elsewhere would break
+running deployments), and their documented signatures and parameter references are most of
+its length. What is not the operators' own lives in sibling modules: shared arguments and
+checks in ``_calling.py``, the batch's results in ``_batch.py``, export windows and writing in
+``_export.py``.
 """
 
 from __future__ import annotations
@@ -514,6 +521,13 @@ class MakeCallsOperator(BaseOperator, CallingTask):
                 trigger=DateTimeTrigger(moment=report.next_opening),
                 method_name="execute_after_window",
             )
+        return self._wait_for_statuses(context, hook, report)
+
+    def _wait_for_statuses(
+        self, context: Context, hook: VonageStudioHook, report: BatchReport
+    ) -> list[dict[str, Any]]:
+        """After a complete pass: report it, having waited (deferred or here) for the placed
+        calls' statuses when ``wait_for_status`` asks for them."""
         refs = report.placed_refs()
         if not (self.wait_for_status and refs):
             return self._finish(context, report, None)
@@ -531,9 +545,9 @@ class MakeCallsOperator(BaseOperator, CallingTask):
                 ),
                 method_name="execute_complete",
             )
-        from airflow_provider_vonage_studio.batch import wait_for_statuses
+        from airflow_provider_vonage_studio.outcome import wait_for_calls
 
-        statuses = wait_for_statuses(
+        statuses = wait_for_calls(
             hook.store,
             refs,
             answer_window=self.answer_window,
