@@ -188,16 +188,10 @@ def create_app(
     if outcome_view not in ("airflow", "public", "off"):
         raise ValueError(f"outcome_view must be 'airflow', 'public' or 'off', got {outcome_view!r}")
     max_age = resolve_callback_max_age(callback_max_age)
-    secrets = _SecretCache(secret_provider or (lambda: connection_secrets(conn_id)), secret_cache_seconds)
-
-    def get_store() -> CallStore:
-        if store is not None:
-            return store
-        from airflow_provider_vonage_studio.store import CallStore
-
-        # Looked up per request (a dict lookup in CallStore's per-URL cache), so a changed
-        # [vonage_studio] store_url is honoured without rebuilding the app.
-        return CallStore.default()
+    load_secrets = _secret_loader(
+        _SecretCache(secret_provider or (lambda: connection_secrets(conn_id)), secret_cache_seconds)
+    )
+    get_store = _store_getter(store)
 
     app = FastAPI(
         title="Vonage AI Studio callbacks",
@@ -211,11 +205,6 @@ def create_app(
     app.state.call_store = get_store
     app.state.callback_max_age = max_age
     recorder = _Recorder(get_store, max_age)
-
-    async def load_secrets() -> list[str]:
-        cached = secrets.cached()
-        return cached if cached is not None else await run_in_threadpool(secrets.get)
-
     # A plain route, not FastAPI's dependency injection: the handler reads its one path
     # parameter itself, which saves a good part of the per-callback cost under load (see
     # benchmarks/callbacks.py). Same path, method and answers; 405 for other methods.
@@ -226,6 +215,31 @@ def create_app(
     _add_health_route(app, get_store, load_secrets, conn_id)
     _add_outcome_routes(app, get_store, outcome_view)
     return app
+
+
+def _store_getter(store: CallStore | None) -> Callable[[], CallStore]:
+    """``store``, or the default store looked up per request."""
+
+    def get_store() -> CallStore:
+        if store is not None:
+            return store
+        from airflow_provider_vonage_studio.store import CallStore
+
+        # Looked up per request (a dict lookup in CallStore's per-URL cache), so a changed
+        # [vonage_studio] store_url is honoured without rebuilding the app.
+        return CallStore.default()
+
+    return get_store
+
+
+def _secret_loader(secrets: _SecretCache) -> Callable[[], Awaitable[list[str]]]:
+    """The cached secrets without leaving the event loop; a lookup goes to a worker thread."""
+
+    async def load_secrets() -> list[str]:
+        cached = secrets.cached()
+        return cached if cached is not None else await run_in_threadpool(secrets.get)
+
+    return load_secrets
 
 
 def _add_health_route(
