@@ -770,3 +770,83 @@ def test_cli_serves_until_sigterm(http: requests.Session, key_via: str) -> None:
                 proc.kill()
                 raise
         assert returncode == 0, proc.stderr.read()
+
+
+# Every top-level name of the single-module emulator (before the package split), importable
+# from the package for one release.
+OLD_MODULE_NAMES = [
+    "AGENT_NUMBER",
+    "MAKE_CALL_PATH",
+    "CONTROL_PREFIX",
+    "KEY_HEADER",
+    "MAX_SEARCH_SPAN",
+    "MAX_PAGE_SIZE",
+    "DEFAULT_PAGE_SIZE",
+    "_DIGITS_RE",
+    "_SIP_RE",
+    "_SENSITIVE_HEADERS",
+    "Message",
+    "Receive",
+    "Send",
+    "EmulatorConfigError",
+    "Outcome",
+    "Fault",
+    "InsightsShape",
+    "AgentConfig",
+    "RecordedRequest",
+    "PlacedCall",
+    "CallbackAttempt",
+    "_PendingFault",
+    "_Session",
+    "_ApiError",
+    "_ConnectionDropped",
+    "_utcnow",
+    "_format_start_time",
+    "_format_callback_timestamp",
+    "_parse_datetime",
+    "_valid_destination",
+    "_as_str_tuple",
+    "_check_positive_int",
+    "_check_non_negative",
+    "_parameters_list",
+    "_merge_parameters",
+    "_resolve",
+    "_project",
+    "_sort_key",
+    "_sort_key_for",
+    "_matches",
+    "_clauses",
+    "_bool_query",
+    "_compile_filter",
+    "Emulator",
+    "_drop_connection",
+    "_build_app",
+    "_parse_agent",
+    "_parse_script",
+    "KEYS_ENV",
+    "_keys_from_env",
+    "_argument_parser",
+    "main",
+]
+OLD_ALL = [
+    "AGENT_NUMBER",
+    "AgentConfig",
+    "CallbackAttempt",
+    "Emulator",
+    "EmulatorConfigError",
+    "Fault",
+    "InsightsShape",
+    "Outcome",
+    "PlacedCall",
+    "RecordedRequest",
+    "main",
+]
+
+
+def test_old_module_names_stay_importable() -> None:
+    import airflow_provider_vonage_studio.testing.emulator as package
+
+    assert [name for name in OLD_MODULE_NAMES if not hasattr(package, name)] == []
+    assert set(OLD_ALL) <= set(package.__all__)
+    assert package._valid_destination("sip:alice@pbx.example.com")
+    assert package._compile_filter('{"match": {"status": "busy"}}')({"status": "BUSY"})
