@@ -33,6 +33,7 @@ from airflow_provider_vonage_studio.operators._calling import (
     ti_identity,
     wait_options,
 )
+from airflow_provider_vonage_studio.operators._export import LOCAL_PROTOCOLS as _LOCAL_PROTOCOLS  # noqa: F401
 from airflow_provider_vonage_studio.outcome import DEFAULT_ANSWER_WINDOW, FAILURE_STATUSES, normalize_interval
 
 if TYPE_CHECKING:

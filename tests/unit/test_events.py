@@ -274,3 +274,84 @@ def test_builders_round_trip_errors() -> None:
     assert isinstance(rebuilt, CallFailed) and rebuilt.call_status == "busy"
     single = status_event(["vs-1"], {}, {"vs-1": UnknownCall("gone")}, single=True)
     assert single["status"] == "error" and single["errors"] == {"vs-1": error_event(UnknownCall("gone"))}
+
+
+# ------------------------------------------------------------------------- paths and layering
+
+
+def test_public_classes_and_old_names_stay_where_they_were() -> None:
+    import importlib
+
+    from airflow_provider_vonage_studio import events, results
+
+    for module, names in {
+        "airflow_provider_vonage_studio.operators.vonage_studio": (
+            "MakeCallOperator",
+            "MakeCallsOperator",
+            "ExportSessionsOperator",
+        ),
+        "airflow_provider_vonage_studio.sensors.vonage_studio": ("CallStatusSensor", "CallResultSensor"),
+        "airflow_provider_vonage_studio.triggers.vonage_studio": ("CallStatusTrigger", "CallResultTrigger"),
+    }.items():
+        for name in names:
+            # Serialized DAGs and the trigger table record these modules.
+            assert getattr(importlib.import_module(module), name).__module__ == module
+    operators = importlib.import_module("airflow_provider_vonage_studio.operators.vonage_studio")
+    sensors = importlib.import_module("airflow_provider_vonage_studio.sensors.vonage_studio")
+    outcome = importlib.import_module("airflow_provider_vonage_studio.outcome")
+    assert operators.fail_task is events.fail_task
+    assert outcome.error_event is events.error_event and outcome.error_from_event is events.error_from_event
+    assert sensors.check_call_result is results.check_call_result
+    assert sensors.record_event_verdict is results.record_event_verdict
+    assert (
+        sensors.raise_for_trigger_event(
+            {"status": "success", "call_ref": "vs-1", "call_status": "busy", "call_statuses": {}}
+        )["call_status"]
+        == "busy"
+    )
+
+
+def _imports(module: str) -> set[str]:
+    """The package modules ``module`` imports, at its top or inside functions (TYPE_CHECKING
+    blocks aside)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    with open(spec.origin, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name.removeprefix("airflow_provider_vonage_studio.") for name in found if "vonage_studio" in name}
+
+
+@pytest.mark.parametrize(
+    ("module", "never"),
+    [
+        (
+            "events",
+            ("outcome", "hooks", "results", "triggers", "operators", "sensors", "notifications", "store"),
+        ),
+        ("results", ("triggers", "operators", "sensors", "notifications")),
+        ("triggers.vonage_studio", ("operators", "sensors", "notifications")),
+        ("sensors.vonage_studio", ("operators", "notifications")),
+    ],
+)
+def test_imports_run_one_way(module: str, never: tuple[str, ...]) -> None:
+    imported = _imports(f"airflow_provider_vonage_studio.{module}")
+    upward = sorted(name for name in imported if name.split(".")[0] in never)
+    assert upward == [], f"{module} imports {upward}"
