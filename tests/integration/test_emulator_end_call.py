@@ -378,3 +378,12 @@ def test_cli_scripts_attempts_and_end_call_knobs(http: requests.Session) -> None
 
 def test_session_ids_are_uuids(http: requests.Session, emulator: Emulator) -> None:
     assert uuid.UUID(make_call(http, emulator)["session_id"]).version == 4
+
+
+@pytest.mark.vonage_studio_emulator(
+    talk_time=0, end_call_url="http://127.0.0.1:9/base", shared_rate_budget=False
+)
+def test_marker_takes_the_new_knobs(vonage_studio_emulator: Emulator) -> None:
+    assert vonage_studio_emulator.talk_time == 0
+    assert vonage_studio_emulator.end_call_url == "http://127.0.0.1:9/base"
+    assert vonage_studio_emulator.shared_rate_budget is False
