@@ -198,7 +198,6 @@ def plan_recipients(
         a mapping, ``None``), naming ``timezone`` when ``timezone_name`` is not a known zone.
     :raises InvalidSessionParameter: the batch-wide ``session_parameters`` break AI Studio's rules.
     """
-    from airflow_provider_vonage_studio.destinations import normalize_destination
     from airflow_provider_vonage_studio.params import normalize_session_parameters
 
     if recipients is None or isinstance(recipients, (str, bytes, Mapping)) or not _iterable(recipients):
@@ -227,23 +226,13 @@ def plan_recipients(
         recipient = Recipient(index=index, to=raw, destination=None, error=error)
         if error is None:
             try:
-                destination = normalize_destination(raw, default_country=default_country)
-                params = dict(defaults)
-                for p in normalize_session_parameters(
-                    fields.get("session_parameters"), strict_names=strict_parameter_names
-                ):
-                    params[p["name"]] = p["value"]
-                zone = None
-                if calling_window is not None:
-                    if fields.get("timezone") is not None:
-                        check_zone(fields["timezone"], f"recipients[{index}].timezone")
-                    zone = recipient_timezone(destination, fields.get("timezone"), timezone_name)
-                recipient = replace(
+                recipient = _normalized(
                     recipient,
-                    destination=destination,
-                    key=fields.get("key"),
-                    session_parameters=tuple(params.items()),
-                    timezone=zone,
+                    fields,
+                    defaults,
+                    default_country=default_country,
+                    strict_parameter_names=strict_parameter_names,
+                    timezone_name=timezone_name if calling_window is not None else None,
                 )
             except VonageStudioError as exc:
                 recipient = replace(recipient, error=f"recipients[{index}]: {exc.message}")
@@ -264,6 +253,43 @@ def plan_recipients(
                     first_by_key[key] = index
         plan.append(recipient)
     return plan
+
+
+def _normalized(
+    recipient: Recipient,
+    fields: Mapping[str, Any],
+    defaults: Mapping[str, str],
+    *,
+    default_country: str | None,
+    strict_parameter_names: bool,
+    timezone_name: str | None,
+) -> Recipient:
+    """``recipient`` with its destination, parameters (over the batch's ``defaults``), key and,
+    when a calling window is used (``timezone_name`` set), the zone it is read in.
+
+    :raises VonageStudioError: the item's number, parameters or zone are invalid.
+    """
+    from airflow_provider_vonage_studio.destinations import normalize_destination
+    from airflow_provider_vonage_studio.params import normalize_session_parameters
+
+    destination = normalize_destination(recipient.to, default_country=default_country)
+    params = dict(defaults)
+    for p in normalize_session_parameters(
+        fields.get("session_parameters"), strict_names=strict_parameter_names
+    ):
+        params[p["name"]] = p["value"]
+    zone = None
+    if timezone_name is not None:
+        if fields.get("timezone") is not None:
+            check_zone(fields["timezone"], f"recipients[{recipient.index}].timezone")
+        zone = recipient_timezone(destination, fields.get("timezone"), timezone_name)
+    return replace(
+        recipient,
+        destination=destination,
+        key=fields.get("key"),
+        session_parameters=tuple(params.items()),
+        timezone=zone,
+    )
 
 
 def _iterable(value: Any) -> bool:
