@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 OURS = (
     "airflow_provider_vonage_studio.operators.vonage_studio",
@@ -44,6 +45,9 @@ def measure(modules: tuple[str, ...], tree: str | None = None) -> tuple[float, l
         text=True,
         check=True,
         env=env,
+        # Not the checkout: `python -c` puts the current directory first on sys.path, which
+        # would make every row import the tree the benchmark was started from.
+        cwd=tempfile.gettempdir(),
     ).stdout.split()
     return float(out[0]), out[1:]
 
