@@ -23,6 +23,7 @@ __all__ = [
     "FAILURE_STATUSES",
     "FINAL_STATUSES",
     "OUTCOME_VALUES",
+    "OutcomeSource",
     "CallRecord",
     "CallState",
     "RecordOutcome",
@@ -120,6 +121,20 @@ class CallRecord:
     #: it was stored; ``None`` until a sensor or waiting operator decided (schema version 2).
     outcome: str | None = None
     outcome_at: datetime | None = None
+    #: Where the truth of ``outcome`` (or of the failure ``status``) came from: an
+    #: :class:`OutcomeSource` value, ``None`` on rows written before schema version 5.
+    outcome_source: str | None = None
+    #: When the call ended, as the agent's end-call webhook reported it (schema version 5).
+    ended_at: datetime | None = None
+
+
+class OutcomeSource(str, Enum):
+    """Where a call's outcome was learned (``CallRecord.outcome_source``)."""
+
+    CALLBACK = "callback"  # AI Studio's failure status callback
+    END_CALL = "end_call"  # the agent's end-call webhook: answered, confirmed by push
+    INSIGHTS = "insights"  # the session read back through Insights: answered, confirmed
+    INFERRED = "inferred"  # no failure callback within the answer window: answered, inferred
 
 
 @dataclass(frozen=True)

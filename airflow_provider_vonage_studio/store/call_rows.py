@@ -381,4 +381,6 @@ def _record_from_values(values: Mapping[Any, Any]) -> CallRecord:
         updated_at=values["updated_at"],
         outcome=get("outcome"),
         outcome_at=get("outcome_at"),
+        outcome_source=get("outcome_source"),
+        ended_at=get("ended_at"),
     )

@@ -106,6 +106,10 @@ calls_table = sa.Table(
     # Schema version 2: the waiting task's final verdict (AI Studio never reports "answered").
     sa.Column("outcome", sa.String(_STATUS_MAX)),
     sa.Column("outcome_at", _UTCDateTime),
+    # Schema version 5: where the outcome's truth came from (calls.OutcomeSource) and, for a
+    # call confirmed by its agent's end-call webhook, when the call ended.
+    sa.Column("outcome_source", sa.String(16)),
+    sa.Column("ended_at", _UTCDateTime),
     sa.Index("ix_vonage_studio_calls_dag_run", "dag_id", "run_id"),
     sa.Index("ix_vonage_studio_calls_state", "state"),
     # recent_calls() orders by it; without the index that is a full scan of a growing ledger.
@@ -204,6 +208,11 @@ def _two_phase_ledger(conn: Connection) -> None:
     )
 
 
+def _outcome_sources(conn: Connection) -> None:
+    """Version 5: ``vonage_studio_calls.outcome_source`` and ``ended_at`` (confirmed outcomes)."""
+    _add_missing_columns(conn, calls_table, ("outcome_source", "ended_at"))
+
+
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
 #: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
 #: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
@@ -212,6 +221,8 @@ def _two_phase_ledger(conn: Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_call_outcome,
     3: _two_phase_ledger,
+    4: lambda conn: None,  # placeholder: replaced by the change feed's step (calls.change_seq)
+    5: _outcome_sources,
 }
 
 #: Version of the table layout this code writes: the newest migration's.

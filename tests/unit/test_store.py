@@ -845,3 +845,11 @@ def test_first_open_waits_for_a_locked_file_to_switch_to_wal(tmp_path: Path) -> 
         store.dispose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_migrations_are_consecutive_from_two_to_the_schema_version() -> None:
+    """ensure_schema walks every version between the store's and this code's: a gap would
+    fail an upgrade halfway (or, worse, stamp a store with a step it never ran)."""
+    from airflow_provider_vonage_studio.store import schema
+
+    assert sorted(schema._MIGRATIONS) == list(range(2, schema.SCHEMA_VERSION + 1))
