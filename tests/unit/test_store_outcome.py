@@ -129,7 +129,6 @@ def _begin(store: CallStore, ref: str) -> None:
 
 
 def test_v1_store_is_upgraded_in_place(v1_store_url: str, raw_engine: sa.engine.Engine) -> None:
-    assert SCHEMA_VERSION == 3
     assert "outcome" not in _columns(raw_engine)
     store = CallStore(v1_store_url)
     try:
@@ -137,7 +136,7 @@ def test_v1_store_is_upgraded_in_place(v1_store_url: str, raw_engine: sa.engine.
         assert old is not None
         assert (old.state, old.status, old.session_start_time) == ("placed", "busy", T0)
         assert old.outcome is None and old.outcome_at is None
-        assert {"outcome", "outcome_at"} <= _columns(raw_engine)
+        assert {"outcome", "outcome_at", "outcome_source", "ended_at"} <= _columns(raw_engine)
         assert _version(raw_engine) == SCHEMA_VERSION
         # The upgraded store works for old and new rows alike.
         store.record_outcome("vs-old", "busy")
@@ -206,10 +205,12 @@ def test_new_store_is_created_at_the_current_version(store: CallStore, raw_engin
 
 def test_store_newer_than_the_code_is_still_refused(v1_store_url: str, raw_engine: sa.engine.Engine) -> None:
     with raw_engine.begin() as conn:
-        conn.execute(sa.text("UPDATE vonage_studio_schema_version SET version = 4"))
+        conn.execute(sa.text(f"UPDATE vonage_studio_schema_version SET version = {SCHEMA_VERSION + 1}"))
     store = CallStore(v1_store_url)
     try:
-        with pytest.raises(StoreSchemaTooNew, match=r"schema version 4, newer .*\(3\)"):
+        with pytest.raises(
+            StoreSchemaTooNew, match=rf"schema version {SCHEMA_VERSION + 1}, newer .*\({SCHEMA_VERSION}\)"
+        ):
             store.get_call("vs-old")
     finally:
         store.dispose()
