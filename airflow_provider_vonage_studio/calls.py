@@ -126,6 +126,9 @@ class CallRecord:
     outcome_source: str | None = None
     #: When the call ended, as the agent's end-call webhook reported it (schema version 5).
     ended_at: datetime | None = None
+    #: What the row was sent through (schema version 7): ``None`` (or ``"voice"``) for a call,
+    #: ``"sms"`` or ``"whatsapp"`` for a message (``VonageStudioHook.send_message``).
+    channel: str | None = None
 
 
 class OutcomeSource(str, Enum):

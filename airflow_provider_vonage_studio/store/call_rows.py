@@ -383,4 +383,5 @@ def _record_from_values(values: Mapping[Any, Any]) -> CallRecord:
         outcome_at=get("outcome_at"),
         outcome_source=get("outcome_source"),
         ended_at=get("ended_at"),
+        channel=get("channel"),
     )

@@ -110,6 +110,10 @@ calls_table = sa.Table(
     # call confirmed by its agent's end-call webhook, when the call ended.
     sa.Column("outcome_source", sa.String(16)),
     sa.Column("ended_at", _UTCDateTime),
+    # Schema version 7: what the row was sent through. NULL (or "voice") for a call; "sms" or
+    # "whatsapp" for a message started through a messaging agent (hooks/messaging.py), which is
+    # a ledger row like a call, so exactly-once, pacing and the do-not-call list work the same.
+    sa.Column("channel", sa.String(16)),
     sa.Index("ix_vonage_studio_calls_dag_run", "dag_id", "run_id"),
     sa.Index("ix_vonage_studio_calls_state", "state"),
     # recent_calls() orders by it; without the index that is a full scan of a growing ledger.
@@ -213,6 +217,11 @@ def _outcome_sources(conn: Connection) -> None:
     _add_missing_columns(conn, calls_table, ("outcome_source", "ended_at"))
 
 
+def _add_channel(conn: Connection) -> None:
+    """Version 7: ``vonage_studio_calls.channel`` (NULL for calls, ``sms``/``whatsapp`` for messages)."""
+    _add_missing_columns(conn, calls_table, ("channel",))
+
+
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
 #: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
 #: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
@@ -223,6 +232,8 @@ _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _two_phase_ledger,
     4: lambda conn: None,  # placeholder: replaced by the change feed's step (calls.change_seq)
     5: _outcome_sources,
+    6: lambda conn: None,  # placeholder: replaced by the batch results' step
+    7: _add_channel,
 }
 
 #: Version of the table layout this code writes: the newest migration's.
