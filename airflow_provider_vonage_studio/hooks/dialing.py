@@ -62,21 +62,32 @@ class CallResult:
 class DialingMixin(PacingMixin, HttpMixin):
     """The hook's dial of one call and the ledger writes around its request."""
 
-    def _dial_recorded(self, body: dict[str, Any], call_ref: str, status_url: str | None) -> CallResult:
+    def _dial_recorded(
+        self,
+        body: dict[str, Any],
+        call_ref: str,
+        status_url: str | None,
+        *,
+        path: str = MAKE_CALL_PATH,
+        read: Callable[..., Any] | None = None,
+    ) -> CallResult:
         """Dial a call whose ledger row is ``queued`` and record what became of it.
 
         The row goes ``sending`` only when the send gate grants a request leave (compare-and-set,
         inside the pacing step; at most a short final wait precedes the request), back to
         ``queued`` after each definite "not placed", and ends ``placed``, ``rejected`` or
         ``unknown``. Whatever ends this function before that leave (a store outage, a kill in the
-        slot wait, the 429 time bound) leaves it ``queued``.
+        slot wait, the 429 time bound) leaves it ``queued``. ``path`` and ``read`` (see
+        :meth:`_post_call`) let a message go through the same steps.
         """
         from airflow_provider_vonage_studio.destinations import redact
 
         store = self.store
         ledger = _LedgerRow(call_ref)
         try:
-            result = self._post_call(body, call_ref=call_ref, status_url=status_url, ledger=ledger)
+            result = self._post_call(
+                body, call_ref=call_ref, status_url=status_url, ledger=ledger, path=path, read=read
+            )
         except CallOutcomeUnknown as exc:
             if ledger.sending:
                 self._record_after_send(
@@ -115,9 +126,10 @@ class DialingMixin(PacingMixin, HttpMixin):
                 result.session_start_time,
             )
         except CallStoreUnavailable as exc:
+            started = None if result.session_start_time is None else result.session_start_time.isoformat()
             message = (
                 f"call {call_ref} to {redact(result.to)} WAS PLACED by AI Studio (session_id "
-                f"{result.session_id}, session_start_time {result.session_start_time.isoformat()}) but "
+                f"{result.session_id}, session_start_time {started}) but "
                 f"the call store could not record it: {exc.message}. It is not dialed again: a later "
                 "try reports it as unknown. Keep this session id to follow the call up."
             )
@@ -125,7 +137,7 @@ class DialingMixin(PacingMixin, HttpMixin):
             raise CallPlacedNotRecorded(
                 message,
                 session_id=result.session_id,
-                session_start_time=result.session_start_time.isoformat(),
+                session_start_time=started,
             ) from exc
         return result
 
@@ -168,8 +180,15 @@ class DialingMixin(PacingMixin, HttpMixin):
         call_ref: str | None,
         status_url: str | None,
         ledger: _LedgerRow | None = None,
+        path: str = MAKE_CALL_PATH,
+        read: Callable[..., Any] | None = None,
     ) -> CallResult:
-        """Send the make-call request (paced, retried) and read AI Studio's answer."""
+        """Send the make-call request (paced, retried) and read AI Studio's answer.
+
+        ``path`` is the endpoint (messages: ``/messaging/conversation``) and ``read`` what turns
+        its 2xx answer into a result (default :meth:`_placed_result`); pacing, retries and the
+        ledger steps are the same for both.
+        """
         from airflow_provider_vonage_studio.callbacks.tokens import elide_token
         from airflow_provider_vonage_studio.destinations import redact
 
@@ -187,22 +206,26 @@ class DialingMixin(PacingMixin, HttpMixin):
 
         def attempt() -> requests.Response:
             while True:
-                resp = self._paced_attempt(body, ledger, rate_limited_until)
+                resp = self._paced_attempt(body, ledger, rate_limited_until, path)
                 if resp is not None:
                     return resp
 
         resp = self._with_retries(attempt, what=f"make-call to {redact(body['to'])}")
-        return self._placed_result(resp, body, call_ref, status_url)
+        return (read or self._placed_result)(resp, body, call_ref, status_url)
 
     def _paced_attempt(
-        self, body: dict[str, Any], ledger: _LedgerRow | None, rate_limited_until: float
+        self,
+        body: dict[str, Any],
+        ledger: _LedgerRow | None,
+        rate_limited_until: float,
+        path: str = MAKE_CALL_PATH,
     ) -> requests.Response | None:
         """One request after its slot: the 2xx response, ``None`` when a 429 under the shared
         pacer should wait for a new slot and try again, or the error (``_Retry`` for the policy)."""
         sent_at = self._before_send(body["agent_id"], ledger)
         try:
             try:
-                resp = self._send("POST", MAKE_CALL_PATH, json=body, idempotent=False)
+                resp = self._send("POST", path, json=body, idempotent=False)
             finally:
                 # Read at once: the request arrived before this, and the next dial's gate
                 # counts from it (a later clock reading would only slow everyone down).

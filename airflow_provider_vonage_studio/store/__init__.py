@@ -46,6 +46,7 @@ from airflow_provider_vonage_studio.calls import (
 from airflow_provider_vonage_studio.store.call_rows import CallRows
 from airflow_provider_vonage_studio.store.call_rows import _check_call_ref as _check_call_ref
 from airflow_provider_vonage_studio.store.call_rows import _record_from_values as _record_from_values
+from airflow_provider_vonage_studio.store.changes import Change, ChangeCursor, Changes
 from airflow_provider_vonage_studio.store.dnc import DoNotCall
 from airflow_provider_vonage_studio.store.engine import _BEGIN_OPTION as _BEGIN_OPTION
 from airflow_provider_vonage_studio.store.engine import _create_engine as _create_engine
@@ -116,6 +117,8 @@ __all__ = [
     "CallState",
     "CallStateConflict",
     "CallStore",
+    "Change",
+    "ChangeCursor",
     "PacingState",
     "RecordOutcome",
     "StatusUpdate",
@@ -124,7 +127,7 @@ __all__ = [
 ]
 
 
-class CallStore(CallRows, Statuses, Pacing, DoNotCall):
+class CallStore(CallRows, Statuses, Pacing, DoNotCall, Changes):
     """Access to the call store at one SQLAlchemy URL (one engine and pool per instance).
 
     Tables are created on first use, idempotently and safely when many processes start at

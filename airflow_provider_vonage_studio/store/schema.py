@@ -14,6 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from airflow_provider_vonage_studio.calls import CallState
 from airflow_provider_vonage_studio.store.errors import StoreSchemaTooNew
@@ -79,6 +81,55 @@ class _JSONText(sa.types.TypeDecorator):
 
 metadata = sa.MetaData()
 
+# ----------------------------------------------------------- change feed (schema version 4)
+# Every INSERT/UPDATE of a call row takes the next change sequence number (Core applies a
+# column's default=/onupdate= SQL expression to every insert()/update() that does not set the
+# column itself), so readers can ask "what changed since N" with one indexed query
+# (store/changes.py) instead of re-reading every row they wait for.
+
+#: PostgreSQL's sequence behind ``change_seq`` (ignored on SQLite, which has no sequences).
+CHANGE_SEQUENCE = sa.Sequence("vonage_studio_calls_change_seq", metadata=metadata)
+
+
+class _NextChangeSeq(FunctionElement[int]):
+    """The next change number: ``nextval`` on PostgreSQL; on SQLite one more than the largest
+    stored (safe there: every write holds the database's write lock, BEGIN IMMEDIATE, so no two
+    transactions can take the same number, and numbers follow commit order)."""
+
+    type = sa.BigInteger()
+    inherit_cache = True
+    name = "vonage_studio_next_change_seq"
+
+
+class _WriterXid(FunctionElement[int]):
+    """The writing transaction's id on PostgreSQL (``txid_current()``, epoch-extended, so it
+    never wraps); NULL elsewhere. Lets a reader catch changes committed out of sequence order."""
+
+    type = sa.BigInteger()
+    inherit_cache = True
+    name = "vonage_studio_writer_xid"
+
+
+@compiles(_NextChangeSeq)
+def _next_change_seq_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return "(SELECT COALESCE(MAX(change_seq), 0) + 1 FROM vonage_studio_calls)"
+
+
+@compiles(_NextChangeSeq, "postgresql")
+def _next_change_seq_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"nextval('{CHANGE_SEQUENCE.name}')"
+
+
+@compiles(_WriterXid)
+def _writer_xid_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return "NULL"
+
+
+@compiles(_WriterXid, "postgresql")
+def _writer_xid_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    return "txid_current()"
+
+
 calls_table = sa.Table(
     "vonage_studio_calls",
     metadata,
@@ -114,6 +165,16 @@ calls_table = sa.Table(
     # "whatsapp" for a message started through a messaging agent (hooks/messaging.py), which is
     # a ledger row like a call, so exactly-once, pacing and the do-not-call list work the same.
     sa.Column("channel", sa.String(16)),
+    # Schema version 4: the change feed (see _NextChangeSeq). Never set by hand.
+    sa.Column(
+        "change_seq",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        default=_NextChangeSeq(),
+        onupdate=_NextChangeSeq(),
+    ),
+    sa.Column("change_xid", sa.BigInteger, default=_WriterXid(), onupdate=_WriterXid()),
+    sa.Index("ix_vonage_studio_calls_change_seq", "change_seq"),
+    sa.Index("ix_vonage_studio_calls_change_xid", "change_xid"),
     sa.Index("ix_vonage_studio_calls_dag_run", "dag_id", "run_id"),
     sa.Index("ix_vonage_studio_calls_state", "state"),
     # recent_calls() orders by it; without the index that is a full scan of a growing ledger.
@@ -163,6 +224,18 @@ do_not_call_table = sa.Table(
     sa.Column("added_at", _UTCDateTime, nullable=False),
 )
 
+change_cursors_table = sa.Table(
+    "vonage_studio_change_cursors",
+    metadata,
+    # A named reader of the change feed (an outcome-event watcher). The row with call_ref ""
+    # holds its position (``position``: JSON, see store/changes.py); one row per call_ref
+    # already handed over makes "never repeat an outcome" a primary key, not a hope.
+    sa.Column("name", sa.String(_KEY_MAX), primary_key=True),
+    sa.Column("call_ref", sa.String(_CALL_REF_MAX), primary_key=True),
+    sa.Column("position", _JSONText),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+)
+
 schema_version_table = sa.Table(
     "vonage_studio_schema_version",
     metadata,
@@ -207,9 +280,10 @@ def _two_phase_ledger(conn: Connection) -> None:
     reading; no row can be proven ``queued`` after the fact.
     """
     _add_missing_columns(conn, pacing_slots_table, ("last_sent_at", "factor", "widened_at", "recent"))
-    conn.execute(
-        calls_table.update().where(calls_table.c.state == "pending").values(state=CallState.SENDING.value)
-    )
+    # A bare table of the one column, not calls_table: its onupdate columns (change_seq, version
+    # 4) do not exist yet in a store this step upgrades.
+    calls_v3 = sa.table(calls_table.name, sa.column("state"))
+    conn.execute(calls_v3.update().where(calls_v3.c.state == "pending").values(state=CallState.SENDING.value))
 
 
 def _outcome_sources(conn: Connection) -> None:
@@ -222,6 +296,22 @@ def _add_channel(conn: Connection) -> None:
     _add_missing_columns(conn, calls_table, ("channel",))
 
 
+def _change_feed(conn: Connection) -> None:
+    """Version 4: ``change_seq``/``change_xid`` on call rows (indexed; PostgreSQL's sequence),
+    existing rows numbered. The cursor table is new: ``create_all`` made it."""
+    if conn.dialect.name == "postgresql":
+        CHANGE_SEQUENCE.create(conn, checkfirst=True)
+    _add_missing_columns(conn, calls_table, ("change_seq", "change_xid"))
+    t = calls_table
+    # Any distinct numbers below the next one will do: a new reader starts with a full read.
+    # SQLite's rowid is unique and follows insertion order; PostgreSQL draws from the sequence.
+    number = _NextChangeSeq() if conn.dialect.name == "postgresql" else sa.literal_column("rowid")
+    conn.execute(t.update().where(t.c.change_seq.is_(None)).values(change_seq=number))
+    for index in t.indexes:
+        if index.name in ("ix_vonage_studio_calls_change_seq", "ix_vonage_studio_calls_change_xid"):
+            index.create(conn, checkfirst=True)
+
+
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
 #: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
 #: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
@@ -230,7 +320,7 @@ def _add_channel(conn: Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_call_outcome,
     3: _two_phase_ledger,
-    4: lambda conn: None,  # placeholder: replaced by the change feed's step (calls.change_seq)
+    4: _change_feed,
     5: _outcome_sources,
     6: lambda conn: None,  # placeholder: replaced by the batch results' step
     7: _add_channel,
