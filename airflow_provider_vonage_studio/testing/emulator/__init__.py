@@ -21,21 +21,26 @@ or from the command line (``python -m airflow_provider_vonage_studio.testing.emu
 --port 8765 --agent agent-1 --key test-key``), or through the pytest fixtures in
 :mod:`airflow_provider_vonage_studio.testing.pytest_plugin`.
 
-One module per room:
+One module per room, lowest first (each imports only rooms listed before it):
 
 - :mod:`.config`: constants, enums, :class:`AgentConfig`, call and message scripts, checks.
-- :mod:`.records`: what is recorded (requests, calls, messages, callback attempts, sessions).
-- :mod:`.state`: :class:`Emulator`, its settings, scripts, faults, recordings, lifecycle.
+- :mod:`.records`: what is recorded (requests, calls, messages, callback attempts, sessions,
+  a session built from :meth:`Emulator.add_session`'s fields).
 - :mod:`.limits`: the strict per-agent limiter.
+- :mod:`.connection`: Airflow connection strings pointing at a running emulator.
+- :mod:`.server`: uvicorn in a daemon thread.
+- :mod:`.answers`: reading request bodies, answering the API's error body.
+- :mod:`.state`: :class:`~.state.EmulatorState`, the settings, scripts, faults and
+  recordings the routes work on.
+- :mod:`.delivery`: posting callbacks from timer threads.
 - :mod:`.telephony`: ``POST /telephony/make-call``, status callbacks, the end-call webhook.
 - :mod:`.messaging`: ``POST /messaging/conversation`` and message status callbacks.
 - :mod:`.insights`: the Insights routes and the ``filter_by`` compiler.
 - :mod:`.control`: the ``/_emulator`` routes (its docstring lists them).
-- :mod:`.delivery`: posting callbacks from timer threads.
-- :mod:`.answers`: reading request bodies, answering the API's error body.
 - :mod:`.app`: the ASGI app (recording and faults in front of the routes).
-- :mod:`.connection`: Airflow connection strings pointing at a running emulator.
-- :mod:`.server`: uvicorn in a daemon thread. :mod:`.cli`: the command line.
+- :mod:`.lifecycle`: :class:`Emulator`, an ``EmulatorState`` with its app, server thread
+  and connection strings; start, stop, ``url``, context manager.
+- :mod:`.cli`: the command line.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from airflow_provider_vonage_studio.testing.emulator.config import (
     Outcome,
 )
 from airflow_provider_vonage_studio.testing.emulator.insights import MAX_SEARCH_SPAN, compile_filter
+from airflow_provider_vonage_studio.testing.emulator.lifecycle import Emulator
 from airflow_provider_vonage_studio.testing.emulator.records import (
     ApiError,
     CallbackAttempt,
@@ -83,7 +89,6 @@ from airflow_provider_vonage_studio.testing.emulator.records import (
     RecordedRequest,
     Session,
 )
-from airflow_provider_vonage_studio.testing.emulator.state import Emulator
 
 # The single-module emulator's private helpers, importable from here for one release
 # (they now live in the modules above under public names).

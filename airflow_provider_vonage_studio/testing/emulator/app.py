@@ -27,7 +27,7 @@ from airflow_provider_vonage_studio.testing.emulator.records import (
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from airflow_provider_vonage_studio.testing.emulator.state import Emulator
+    from airflow_provider_vonage_studio.testing.emulator.state import EmulatorState
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -44,7 +44,7 @@ class ConnectionDropped(Exception):
     (in-process ASGI clients): the client sees an exception rather than a response."""
 
 
-def redacted_headers(emulator: Emulator, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+def redacted_headers(emulator: EmulatorState, raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """Request headers, lower-cased, with the key fingerprinted and other credentials hidden."""
     headers: dict[str, str] = {}
     for name_bytes, value_bytes in raw:
@@ -58,14 +58,14 @@ def redacted_headers(emulator: Emulator, raw: Iterable[tuple[bytes, bytes]]) -> 
     return headers
 
 
-def record_request(emulator: Emulator, record: RecordedRequest) -> None:
+def record_request(emulator: EmulatorState, record: RecordedRequest) -> None:
     """Append to the request log and wake waiters."""
     with emulator._changed:
         emulator._requests.append(record)
         emulator._changed.notify_all()
 
 
-def take_fault(emulator: Emulator, path: str, to: str | None) -> PendingFault | None:
+def take_fault(emulator: EmulatorState, path: str, to: str | None) -> PendingFault | None:
     """Consume one occurrence of the first injected fault matching ``path`` and ``to``."""
     with emulator._lock:
         for pending in emulator._faults:
@@ -126,7 +126,7 @@ async def drop_connection(receive: Receive, send: Send) -> None:
         return
 
 
-async def interruptible_sleep(emulator: Emulator, seconds: float) -> None:
+async def interruptible_sleep(emulator: EmulatorState, seconds: float) -> None:
     """Sleep, but give up when the emulator stops (so stop() never waits on a fault)."""
     deadline = time.monotonic() + seconds
     while not emulator._stopping.is_set():
@@ -136,7 +136,7 @@ async def interruptible_sleep(emulator: Emulator, seconds: float) -> None:
         await asyncio.sleep(min(0.05, remaining))
 
 
-def build_app(emulator: Emulator) -> FastAPI:
+def build_app(emulator: EmulatorState) -> FastAPI:
     """Build the FastAPI app serving ``emulator`` from the route modules."""
     # Long only because the app class is defined here, so that FastAPI loads when an app
     # is built rather than when the emulator is imported; its methods are short.

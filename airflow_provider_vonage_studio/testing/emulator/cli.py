@@ -15,7 +15,7 @@ from airflow_provider_vonage_studio.testing.emulator.config import (
     EmulatorConfigError,
     InsightsShape,
 )
-from airflow_provider_vonage_studio.testing.emulator.state import Emulator
+from airflow_provider_vonage_studio.testing.emulator.lifecycle import Emulator
 
 KEYS_ENV = "VONAGE_STUDIO_EMULATOR_KEYS"
 

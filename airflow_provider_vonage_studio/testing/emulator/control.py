@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from airflow_provider_vonage_studio.testing.emulator.state import Emulator
+    from airflow_provider_vonage_studio.testing.emulator.state import EmulatorState
 
 Handler = Callable[["Request"], Any]
 
@@ -56,7 +56,7 @@ def _check_fields(item: Mapping[str, Any], allowed: set[str], what: str) -> None
         raise EmulatorConfigError(f"unknown {what} fields {sorted(unknown)}")
 
 
-def _apply_one(emulator: Emulator, kind: str, item: Mapping[str, Any]) -> None:
+def _apply_one(emulator: EmulatorState, kind: str, item: Mapping[str, Any]) -> None:
     # The Emulator's methods check types themselves and name the bad field.
     if kind == "script":
         _check_fields(item, _SCRIPT_FIELDS, "script")
@@ -86,7 +86,7 @@ def _apply_one(emulator: Emulator, kind: str, item: Mapping[str, Any]) -> None:
         emulator.add_session(**{str(k): v for k, v in item.items()})
 
 
-def apply_control(emulator: Emulator, kind: str, payload: Any) -> int:
+def apply_control(emulator: EmulatorState, kind: str, payload: Any) -> int:
     """Apply a ``script``, ``message-script``, ``inject`` or ``sessions`` payload (one
     object or a list); returns how many. Raises EmulatorConfigError (answered 400)."""
     items = payload if isinstance(payload, list) else [payload]
@@ -100,7 +100,7 @@ def apply_control(emulator: Emulator, kind: str, payload: Any) -> int:
     return len(prepared)
 
 
-def _listing(read: Callable[[Emulator], Any]) -> Handler:
+def _listing(read: Callable[[EmulatorState], Any]) -> Handler:
     async def handler(request: Request) -> Response:
         from starlette.responses import JSONResponse
 

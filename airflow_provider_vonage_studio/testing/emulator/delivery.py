@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_vonage_studio.testing.emulator.records import CallbackAttempt, utcnow
 
 if TYPE_CHECKING:
-    from airflow_provider_vonage_studio.testing.emulator.state import Emulator
+    from airflow_provider_vonage_studio.testing.emulator.state import EmulatorState
 
 #: Builds one payload at posting time (so timestamps say when it was sent).
 PayloadFactory = Callable[[], Mapping[str, Any]]
@@ -26,7 +26,7 @@ STEP_SECONDS = 0.05
 
 
 def schedule(
-    emulator: Emulator,
+    emulator: EmulatorState,
     delay: float,
     url: str,
     payloads: Sequence[PayloadFactory],
@@ -44,7 +44,7 @@ def schedule(
 
 
 def _deliver(
-    emulator: Emulator,
+    emulator: EmulatorState,
     generation: int,
     url: str,
     payloads: Sequence[PayloadFactory],
@@ -66,7 +66,7 @@ def _deliver(
 
 
 def _post(
-    emulator: Emulator,
+    emulator: EmulatorState,
     generation: int,
     session: Any,
     url: str,

@@ -16,31 +16,27 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_vonage_studio.testing.emulator.answers import error_response
 from airflow_provider_vonage_studio.testing.emulator.config import (
-    AGENT_NUMBER,
     DEFAULT_PAGE_SIZE,
     KEY_HEADER,
     MAX_PAGE_SIZE,
     MAX_SEARCH_SPAN_DAYS,
-    EmulatorConfigError,
     InsightsShape,
     Outcome,
-    parameters_list,
 )
-from airflow_provider_vonage_studio.testing.emulator.records import ApiError, Session, parse_datetime, utcnow
+from airflow_provider_vonage_studio.testing.emulator.records import ApiError, parse_datetime
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from airflow_provider_vonage_studio.testing.emulator.state import Emulator
+    from airflow_provider_vonage_studio.testing.emulator.state import EmulatorState
 
 #: The largest span the Insights search accepts between ``from_date`` and ``to_date``.
 MAX_SEARCH_SPAN = timedelta(days=MAX_SEARCH_SPAN_DAYS)
@@ -180,7 +176,7 @@ def compile_filter(raw: str) -> Callable[[Mapping[str, Any]], bool]:
 
 
 def session_parameters(
-    emulator: Emulator, key: str | None, session_id: str, session_start_time: str | None
+    emulator: EmulatorState, key: str | None, session_id: str, session_start_time: str | None
 ) -> list[dict[str, str]]:
     """Parameters of an indexed, answered session. Raises ApiError (401, 404).
 
@@ -204,38 +200,6 @@ def session_parameters(
         ):
             raise ApiError(404, "Session not found")
         return [dict(p) for p in session.parameters]
-
-
-def new_session(emulator: Emulator, fields: dict[str, Any]) -> Session:
-    """A session from :meth:`Emulator.add_session`'s fields, indexed now.
-
-    Raises EmulatorConfigError for an unparseable start time or parameters.
-    """
-    start_raw = fields.pop("session_start_time", None)
-    if start_raw is None:
-        start = utcnow().replace(tzinfo=None)
-    elif isinstance(start_raw, datetime):
-        start = start_raw.astimezone(timezone.utc).replace(tzinfo=None) if start_raw.tzinfo else start_raw
-    else:
-        try:
-            start = parse_datetime(str(start_raw))
-        except ValueError:
-            raise EmulatorConfigError(f"session_start_time is not ISO 8601: {start_raw!r}") from None
-    channel_data = fields.pop("channel_data", None) or {}
-    duration = fields.pop("duration", channel_data.get("duration", 0))
-    session = Session(
-        id=str(fields.pop("id", None) or uuid.uuid4()),
-        agent_id=str(fields.pop("agent_id", None) or next(iter(emulator.agents), "agent-1")),
-        destination=str(fields.pop("destination", "447700900123")),
-        source=str(fields.pop("source", AGENT_NUMBER)),
-        start=start,
-        status=str(fields.pop("status", Outcome.ANSWERED.value)),
-        duration=int(duration),
-        parameters=parameters_list(fields.pop("parameters", None), "parameters"),
-        indexed_at=time.monotonic(),
-        extra=fields,
-    )
-    return session
 
 
 @dataclass(frozen=True)
@@ -306,7 +270,7 @@ def _sort_keys(raw: str) -> tuple[tuple[str, bool], ...]:
 
 
 def search(
-    emulator: Emulator, key: str | None, query: Mapping[str, list[str]]
+    emulator: EmulatorState, key: str | None, query: Mapping[str, list[str]]
 ) -> tuple[int, list[Any], SearchQuery]:
     """Run an Insights search; returns (total, page, parsed query). Raises ApiError."""
     emulator._authorise(key)
@@ -351,7 +315,7 @@ async def parameters_route(request: Request) -> Response:
     """``GET /insights/sessions/{session_id}/parameters`` in the emulator's shape."""
     from starlette.responses import JSONResponse
 
-    emulator: Emulator = request.app.state.emulator
+    emulator: EmulatorState = request.app.state.emulator
     session_id = request.path_params["session_id"]
     try:
         params = session_parameters(
@@ -385,7 +349,7 @@ async def search_route(request: Request) -> Response:
     """``GET /insights/sessions`` in the emulator's shape."""
     from starlette.responses import JSONResponse
 
-    emulator: Emulator = request.app.state.emulator
+    emulator: EmulatorState = request.app.state.emulator
     query: dict[str, list[str]] = {}
     for name, value in request.query_params.multi_items():
         query.setdefault(name, []).append(value)

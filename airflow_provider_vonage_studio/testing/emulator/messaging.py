@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from airflow_provider_vonage_studio.testing.emulator.state import Emulator
+    from airflow_provider_vonage_studio.testing.emulator.state import EmulatorState
 
 #: Fields WhatsApp requires and SMS refuses.
 WHATSAPP_REQUIRED = ("namespace", "template", "locale")
@@ -91,7 +91,7 @@ def _template_fields(body: Mapping[str, Any], channel: Channel) -> dict[str, Any
     return fields
 
 
-def send_message(emulator: Emulator, key: str | None, raw_body: bytes) -> dict[str, str]:
+def send_message(emulator: EmulatorState, key: str | None, raw_body: bytes) -> dict[str, str]:
     """Validate and accept one message; returns the success body. Raises ApiError."""
     emulator._authorise(key)
     body = parse_body(raw_body, "to, agent_id, channel and status_url")
@@ -131,7 +131,7 @@ def send_message(emulator: Emulator, key: str | None, raw_body: bytes) -> dict[s
     return {"session_id": message.session_id, "session_start_time": message.session_start_time}
 
 
-def _schedule_status_callbacks(emulator: Emulator, message: PlacedMessage) -> None:
+def _schedule_status_callbacks(emulator: EmulatorState, message: PlacedMessage) -> None:
     """The outcome's statuses, in order, after ``callback_delay`` (lock held)."""
 
     def payload_for(status: str) -> delivery.PayloadFactory:
@@ -157,7 +157,7 @@ async def conversation_route(request: Request) -> Response:
     """The route: answers the success body or the seed's error body."""
     from starlette.responses import JSONResponse
 
-    emulator: Emulator = request.app.state.emulator
+    emulator: EmulatorState = request.app.state.emulator
     try:
         result = send_message(emulator, request.headers.get(KEY_HEADER), await request.body())
     except ApiError as exc:

@@ -3,12 +3,21 @@ attempts, Insights sessions; the API's time formats; the API's error as an excep
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
-from airflow_provider_vonage_studio.testing.emulator.config import Fault, MessageOutcome, Outcome
+from airflow_provider_vonage_studio.testing.emulator.config import (
+    AGENT_NUMBER,
+    EmulatorConfigError,
+    Fault,
+    MessageOutcome,
+    Outcome,
+    parameters_list,
+)
 
 
 @dataclass(frozen=True)
@@ -273,3 +282,35 @@ def check_session_parameters(value: Any) -> list[dict[str, str]]:
                 raise ApiError(400, f"session_parameters[{index}].{part} must be a string")
         result.append({"name": item["name"], "value": item["value"]})
     return result
+
+
+def new_session(fields: dict[str, Any], default_agent: str) -> Session:
+    """A session from :meth:`Emulator.add_session`'s ``fields`` (consumed), indexed now;
+    ``default_agent`` is its agent when ``fields`` names none.
+
+    Raises EmulatorConfigError for an unparseable start time or parameters.
+    """
+    start_raw = fields.pop("session_start_time", None)
+    if start_raw is None:
+        start = utcnow().replace(tzinfo=None)
+    elif isinstance(start_raw, datetime):
+        start = start_raw.astimezone(timezone.utc).replace(tzinfo=None) if start_raw.tzinfo else start_raw
+    else:
+        try:
+            start = parse_datetime(str(start_raw))
+        except ValueError:
+            raise EmulatorConfigError(f"session_start_time is not ISO 8601: {start_raw!r}") from None
+    channel_data = fields.pop("channel_data", None) or {}
+    duration = fields.pop("duration", channel_data.get("duration", 0))
+    return Session(
+        id=str(fields.pop("id", None) or uuid.uuid4()),
+        agent_id=str(fields.pop("agent_id", None) or default_agent),
+        destination=str(fields.pop("destination", "447700900123")),
+        source=str(fields.pop("source", AGENT_NUMBER)),
+        start=start,
+        status=str(fields.pop("status", Outcome.ANSWERED.value)),
+        duration=int(duration),
+        parameters=parameters_list(fields.pop("parameters", None), "parameters"),
+        indexed_at=time.monotonic(),
+        extra=fields,
+    )

@@ -1,8 +1,10 @@
-"""The :class:`Emulator`: its settings, scripts and faults, what it recorded, its lifecycle.
+""":class:`EmulatorState`: the emulator's settings, scripts and faults, what it recorded.
 
-The route modules (:mod:`.telephony`, :mod:`.messaging`, :mod:`.insights`, :mod:`.control`)
-read and change the emulator's underscored state under ``_lock``: they are one unit with
-this module, and those names are not API outside the package.
+It is what the route modules (:mod:`.telephony`, :mod:`.messaging`, :mod:`.insights`,
+:mod:`.control`, :mod:`.delivery`, :mod:`.app`) work on: they read and change its
+underscored state under ``_lock``, are one unit with this module, and those names are not
+API outside the package. The public :class:`~.lifecycle.Emulator` adds the ASGI app and the
+server thread on top, so nothing here imports the app or the routes.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import hashlib
 import hmac
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_provider_vonage_studio.testing.emulator.config import (
     AGENT_NUMBER,
-    CONTROL_PREFIX,
     MAKE_CALL_PATH,
     AgentConfig,
     CallScript,
@@ -33,7 +34,6 @@ from airflow_provider_vonage_studio.testing.emulator.config import (
     check_wrapper,
     message_script,
 )
-from airflow_provider_vonage_studio.testing.emulator.connection import AirflowConnectionMixin
 from airflow_provider_vonage_studio.testing.emulator.limits import StrictLimiter
 from airflow_provider_vonage_studio.testing.emulator.records import (
     ApiError,
@@ -43,51 +43,15 @@ from airflow_provider_vonage_studio.testing.emulator.records import (
     PlacedMessage,
     RecordedRequest,
     Session,
+    new_session,
 )
-from airflow_provider_vonage_studio.testing.emulator.server import ServerThread
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
 
 
-class Emulator(AirflowConnectionMixin):
-    """The AI Studio emulator: configuration, recorded traffic and the HTTP server.
+class EmulatorState:
+    """The emulator without its HTTP app and server: settings, scripts, faults, recordings.
 
-    All keyword arguments are optional:
-
-    ``api_keys``: keys accepted in ``X-Vgai-Key``. ``agents``: agent ids, or a mapping
-    agent id -> :class:`AgentConfig` (``None`` for defaults). ``calls_per_second``: the
-    per-agent limit (Vonage grants 1, 3 or 5; any positive integer is accepted here so a
-    test can effectively lift it). ``rate_tolerance``: see below. ``retry_after``: seconds
-    to send in ``Retry-After`` on rate-limit 429s (``None``: no header, like the real API
-    as far as is documented). ``callback_delay``: seconds between a non-answered call (or
-    an accepted message) and its status callback. ``insights_index_delay``: seconds before
-    a call's session is visible to Insights. ``insights_shape``: an :class:`InsightsShape`.
-    ``insights_wrapper``: key(s) that wrap every successful Insights body, outermost first
-    (``"data"`` answers ``{"data": <body>}``, ``("data", "result")`` answers
-    ``{"data": {"result": <body>}}``; ``None``, the default, wraps nothing). ``scripts``:
-    destination -> outcome (or list of outcomes, one per attempt) to start with.
-    ``message_scripts``: the same for messages.
-
-    End-call webhook: an answered call whose ``session_parameters`` carry ``VS_CALL_TOKEN``
-    is followed, ``talk_time`` seconds (default 1) after it started, by the agent's End Call
-    Event webhook: a POST of ``{"VS_CALL_TOKEN", <collected parameters>, "session_id",
-    "ended_at"}`` to ``end_call_url`` (a template in which ``$VS_CALL_TOKEN`` is
-    substituted, or a base URL to which ``/calls/<token>/ended`` is appended) or, when that
-    is ``None``, to the call's ``status_url`` with its trailing ``/calls/<x>/status``
-    replaced by ``/calls/<token>/ended``. ``end_call_webhook=False`` turns it off (an agent
-    without the webhook node); a script can turn it off or make it late per destination.
-
-    Rate limit: strict by default (:mod:`.limits`): a call is refused with 429 when
-    ``calls_per_second`` calls were already accepted for the same agent within the trailing
-    1.0 s. Messages draw on the same per-agent budget as calls (``shared_rate_budget=True``,
-    the strictest reading: the docs do not say); ``False`` gives messages a budget of their
-    own of the same size. ``rate_tolerance`` (default 0) shortens the window to
-    ``1.0 - rate_tolerance`` seconds: an explicit opt-in for users' own tests against a
-    forgiving limiter; the provider's benchmarks and guarantee tests never set it.
-
-    Thread-safe: the server runs in its own thread; every method may be called from any
-    thread. Raises :class:`EmulatorConfigError` for malformed settings.
+    Use :class:`~.lifecycle.Emulator`; its docstring describes these keyword arguments.
+    Thread-safe under ``_lock``. Raises :class:`EmulatorConfigError` for malformed settings.
     """
 
     # Long only because every setting is checked here, a line or two apiece.
@@ -157,9 +121,7 @@ class Emulator(AirflowConnectionMixin):
         self._limiter = StrictLimiter()
         self._timers: set[threading.Timer] = set()
         self._generation = 0  # bumped by reset(); stale callback threads check it
-        self._stopping = threading.Event()
-        self._app: FastAPI | None = None
-        self._server = ServerThread()
+        self._stopping = threading.Event()  # set by Emulator.stop(); delivery threads give up
 
         for to, outcome in (scripts or {}).items():
             self.script(to, outcome)
@@ -300,9 +262,7 @@ class Emulator(AirflowConnectionMixin):
         ``duration``, ``parameters`` (mapping or list). Other fields are returned as given.
         Raises EmulatorConfigError for an unparseable start time or parameters.
         """
-        from airflow_provider_vonage_studio.testing.emulator.insights import new_session
-
-        session = new_session(self, fields)
+        session = new_session(fields, next(iter(self.agents), "agent-1"))
         with self._lock:
             self._sessions[session.id] = session
         return session.to_dict()
@@ -311,9 +271,7 @@ class Emulator(AirflowConnectionMixin):
         """Forget recorded traffic, calls, messages, callbacks, sessions, scripts, faults and
         rate state."""
         with self._lock:
-            for timer in self._timers:
-                timer.cancel()
-            self._timers.clear()
+            self._cancel_timers()
             for recorded in (
                 self._requests,
                 self._calls,
@@ -400,65 +358,14 @@ class Emulator(AirflowConnectionMixin):
         return them all. Raises TimeoutError when ``timeout`` seconds pass first."""
         return self._wait_for(self._message_callbacks, count, timeout, "message callback attempts")
 
-    # ----------------------------------------------------------------- lifecycle
+    # ----------------------------------------------------------------- used by the routes
 
-    @property
-    def app(self) -> FastAPI:
-        """The ASGI application (a FastAPI app), built on first use."""
-        from airflow_provider_vonage_studio.testing.emulator.app import build_app
-
-        with self._lock:
-            if self._app is None:
-                self._app = build_app(self)
-            return self._app
-
-    @property
-    def port(self) -> int:
-        """The TCP port the server listens on. Raises RuntimeError before :meth:`start`."""
-        if self._server.port is None:
-            raise RuntimeError("the emulator is not started")
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:8765``. Raises RuntimeError before :meth:`start`."""
-        return self._server.url()
-
-    @property
-    def running(self) -> bool:
-        """Whether the server thread is serving."""
-        return self._server.running
-
-    def start(self, host: str = "127.0.0.1", port: int = 0, *, timeout: float = 10.0) -> Emulator:
-        """Serve on ``host:port`` (0 picks a free port) from a daemon thread.
-
-        Returns once the server answers HTTP. Raises RuntimeError if already started or if
-        it does not come up within ``timeout`` seconds; OSError if the port is taken.
-        """
-        if self._server.started:
-            raise RuntimeError("the emulator is already started")
-        self._stopping.clear()
-        self._server.start(self.app, host, port, health_path=f"{CONTROL_PREFIX}/health", timeout=timeout)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving, cancel pending callbacks and wait for the server thread."""
-        self._stopping.set()
+    def _cancel_timers(self) -> None:
+        """Cancel every pending callback timer."""
         with self._lock:
             for timer in self._timers:
                 timer.cancel()
             self._timers.clear()
-        self._server.stop(timeout)
-
-    def __enter__(self) -> Emulator:
-        if not self._server.started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # ----------------------------------------------------------------- used by the routes
 
     def _authorise(self, key: str | None) -> None:
         """Raises ApiError (401) unless ``key`` is one of the accepted keys."""

@@ -48,13 +48,13 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from airflow_provider_vonage_studio.testing.emulator.state import Emulator
+    from airflow_provider_vonage_studio.testing.emulator.state import EmulatorState
 
 _DEFAULT_SCRIPT = CallScript(outcomes=(Outcome.ANSWERED,))
 _STATUS_TAIL_RE = re.compile(r"/calls/[^/]+/status/?$")
 
 
-def place_call(emulator: Emulator, key: str | None, raw_body: bytes) -> dict[str, str]:
+def place_call(emulator: EmulatorState, key: str | None, raw_body: bytes) -> dict[str, str]:
     """Validate and place one call; returns the success body. Raises ApiError."""
     emulator._authorise(key)
     body = parse_body(raw_body, "agent_id and to")
@@ -103,7 +103,7 @@ def place_call(emulator: Emulator, key: str | None, raw_body: bytes) -> dict[str
     return {"session_id": call.session_id, "session_start_time": call.session_start_time}
 
 
-def _index(emulator: Emulator, call: PlacedCall, script: CallScript, now: float) -> None:
+def _index(emulator: EmulatorState, call: PlacedCall, script: CallScript, now: float) -> None:
     """Add the call's Insights session, visible after the (scripted) index delay."""
     delay = emulator.insights_index_delay if script.index_delay is None else script.index_delay
     emulator._sessions[call.session_id] = Session(
@@ -119,7 +119,7 @@ def _index(emulator: Emulator, call: PlacedCall, script: CallScript, now: float)
     )
 
 
-def _schedule_status_callback(emulator: Emulator, call: PlacedCall) -> None:
+def _schedule_status_callback(emulator: EmulatorState, call: PlacedCall) -> None:
     """The seed's callback for a non-answered call, after ``callback_delay`` (lock held)."""
     assert call.status_url is not None
 
@@ -135,7 +135,7 @@ def _schedule_status_callback(emulator: Emulator, call: PlacedCall) -> None:
     delivery.schedule(emulator, emulator.callback_delay, call.status_url, [payload], emulator._callbacks)
 
 
-def end_call_url(emulator: Emulator, call: PlacedCall, token: str) -> str | None:
+def end_call_url(emulator: EmulatorState, call: PlacedCall, token: str) -> str | None:
     """Where the agent's End Call Event webhook posts for ``call``, or ``None`` (no URL).
 
     ``end_call_url`` with ``$VS_CALL_TOKEN`` in it is a template (as pasted into the agent's
@@ -158,7 +158,7 @@ def end_call_url(emulator: Emulator, call: PlacedCall, token: str) -> str | None
     return None
 
 
-def _schedule_end_call(emulator: Emulator, call: PlacedCall, script: CallScript) -> None:
+def _schedule_end_call(emulator: EmulatorState, call: PlacedCall, script: CallScript) -> None:
     """The agent's end-call webhook for an answered call, after its talk time (lock held)."""
     if not emulator.end_call_webhook or not script.end_call:
         return
@@ -186,7 +186,7 @@ async def make_call_route(request: Request) -> Response:
     """The route: answers the success body or the seed's error body."""
     from starlette.responses import JSONResponse
 
-    emulator: Emulator = request.app.state.emulator
+    emulator: EmulatorState = request.app.state.emulator
     try:
         result = place_call(emulator, request.headers.get(KEY_HEADER), await request.body())
     except ApiError as exc:
