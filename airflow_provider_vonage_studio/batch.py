@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from datetime import time as dtime
@@ -69,6 +69,8 @@ from airflow_provider_vonage_studio.recipients import (  # noqa: F401
     _iso,
     _iterable,
     _split_item,
+    chunked,
+    iter_plan,
     plan_recipients,
 )
 from airflow_provider_vonage_studio.windows import (  # noqa: F401
@@ -84,6 +86,7 @@ if TYPE_CHECKING:
     from airflow_provider_vonage_studio.store import CallRecord, CallStore
 
 __all__ = [
+    "CHUNK_SIZE",
     "MAX_CONSECUTIVE_UNKNOWN",
     "RECIPIENT_FIELDS",
     "SKIPPED_DO_NOT_CALL",
@@ -96,6 +99,7 @@ __all__ = [
     "RecipientResult",
     "ResultKind",
     "dial_window_opening",
+    "iter_plan",
     "plan_recipients",
     "recipient_timezone",
     "wait_for_statuses",
@@ -104,6 +108,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+#: Recipients per chunk: one ledger read, one do-not-call read and one results write each.
+CHUNK_SIZE = 1000
+
+# Rejected / unknown results a report keeps as examples when it keeps no full list.
+_PROBLEMS_KEPT = 3
 
 #: Fresh dials in a row that got no answer before the batch stops (the API hangs): each
 #: one may have rung, so going on would only pile up calls of unknown outcome.
@@ -220,58 +230,78 @@ class BatchDialer:
         key = recipient.ref_key if self.call_key is None else f"{self.call_key}/{recipient.ref_key}"
         return self.task.call_ref(key)
 
-    def run(self, plan: Sequence[Recipient], *, dial: bool = True) -> BatchReport:
+    def run(
+        self,
+        plan: Iterable[Recipient],
+        *,
+        dial: bool = True,
+        keep: int | None = None,
+        sink: Callable[[Sequence[RecipientResult]], None] | None = None,
+        collect_placed: bool = False,
+        total: int | None = None,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> BatchReport:
         """One pass over ``plan``: dial who may be dialed now, report everyone.
+
+        The plan is worked through in chunks of ``chunk_size`` recipients: per chunk one read
+        of the ledger (``get_calls``), one of the do-not-call list (``dnc_filter``), the dials,
+        then ``sink`` with the chunk's results (the operator stores them). So ``plan`` may be a
+        stream (:func:`~airflow_provider_vonage_studio.recipients.iter_plan`) and memory stays
+        bounded by the chunk, not the batch.
 
         With ``dial=False`` nothing is dialed or changed: the report is read from the ledger
         (used once a batch is complete, e.g. after waiting for statuses).
 
+        :param keep: keep at most this many results in the report (``None``: all). Past it the
+            report carries counts only (``complete`` false; see :class:`BatchReport`).
+        :param collect_placed: with ``keep``, collect the placed calls' refs anyway (to wait
+            for their statuses).
+        :param total: how many recipients there are, for progress lines (default ``len(plan)``
+            when it has one).
         :raises VonageStudioError: the connection is broken (before anything is dialed).
-        :raises CallStoreUnavailable: the store could not be read before dialing (retryable).
+        :raises CallStoreUnavailable: the store could not be read before dialing a chunk, or
+            ``sink`` could not store a chunk's results (retryable).
         """
-        store = self.hook.store
         if dial:
             self.hook.config  # noqa: B018 -- a broken connection fails here, before the ledger is touched
-        refs = {r.index: self.call_ref_for(r) for r in plan if r.dialable}
+        if total is None and isinstance(plan, Sized):
+            total = len(plan)
+        rate_limited_before = self.hook.rate_limited_count
+        run = _Pass(self, _Progress(self, total), keep, collect_placed)
+        for chunk in chunked(plan, chunk_size):
+            run.chunk(chunk, dial=dial)
+            if sink is not None:
+                sink(run.last)
+        run.progress.log_now()
+        complete = run.results is not None
+        return BatchReport(
+            results=tuple(run.results or ()),
+            next_opening=run.next_opening,
+            stopped=run.stopped,
+            rate_limited=self.hook.rate_limited_count - rate_limited_before,
+            dialed=run.progress.dials,
+            tally=None if complete else dict(run.progress.counts),
+            total=None if complete else run.seen,
+            problems=tuple(run.problems),
+            placed=None if complete or not collect_placed else tuple(run.placed),
+        )
+
+    def _read_chunk(
+        self, chunk: Sequence[Recipient], *, dial: bool
+    ) -> tuple[dict[int, str], dict[str, CallRecord], set[str]]:
+        """The chunk's call_refs, their ledger rows (abandoned ones settled) and the listed
+        destinations among them: one ``get_calls`` and one ``dnc_filter`` per chunk.
+
+        :raises CallStoreUnavailable: the store could not be read.
+        """
+        store = self.hook.store
+        refs = {r.index: self.call_ref_for(r) for r in chunk if r.dialable}
         with store.unavailable_as_error("before dialing the batch"):
             records = store.get_calls(list(refs.values()))
             if dial:
                 records = self._settle_abandoned(store, records)
-            listed = self._listed(store, [r.destination for r in plan if r.dialable and r.destination])
-
-        rate_limited_before = self.hook.rate_limited_count
-        progress = _Progress(self, len(plan))
-        results: list[RecipientResult] = []
-        stopped: VonageStudioError | None = None
-        unknown_in_a_row = 0
-        for recipient in plan:
-            ref = refs.get(recipient.index)
-            record = records.get(ref) if ref else None
-            result, dialed, error = self._one(recipient, ref, record, listed, dial=dial, stopped=stopped)
-            results.append(result)
-            if dialed:
-                progress.dialed()
-                if result.result is ResultKind.UNKNOWN:
-                    unknown_in_a_row += 1
-                    if unknown_in_a_row >= MAX_CONSECUTIVE_UNKNOWN and stopped is None:
-                        stopped = BatchStalled(
-                            f"{unknown_in_a_row} calls in a row got no answer from AI Studio; the batch "
-                            "stopped dialing so that an outage does not pile up calls of unknown outcome"
-                        )
-                else:
-                    unknown_in_a_row = 0
-            if error is not None and stopped is None:
-                stopped = error
-            progress.done(result)
-        progress.log_now()
-        deferred = [r.opens_at for r in results if r.result is ResultKind.DEFERRED and r.opens_at]
-        return BatchReport(
-            results=tuple(results),
-            next_opening=min(deferred) if deferred else None,
-            stopped=stopped,
-            rate_limited=self.hook.rate_limited_count - rate_limited_before,
-            dialed=progress.dials,
-        )
+            listed = self._listed(store, [r.destination for r in chunk if r.dialable and r.destination])
+        return refs, records, listed
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -318,6 +348,7 @@ class BatchDialer:
             key=recipient.key,
             call_ref=ref,
             result=ResultKind.SKIPPED,
+            destination=recipient.destination,
         )
         if recipient.error is not None:
             return replace(base, result=ResultKind.REJECTED, reason=recipient.error), False, None
@@ -440,12 +471,78 @@ def _from_record(base: RecipientResult, record: CallRecord) -> RecipientResult:
     )
 
 
+class _Pass:
+    """One pass's running state across chunks: results kept, counts, the stop, the next opening."""
+
+    def __init__(
+        self, dialer: BatchDialer, progress: _Progress, keep: int | None, collect_placed: bool
+    ) -> None:
+        self.dialer = dialer
+        self.progress = progress
+        self.keep = keep
+        self.collect_placed = collect_placed
+        # None once more than ``keep`` results were seen: the report then carries counts only.
+        self.results: list[RecipientResult] | None = []
+        self.last: list[RecipientResult] = []
+        self.problems: list[RecipientResult] = []
+        self.placed: list[str] = []
+        self.stopped: VonageStudioError | None = None
+        self.next_opening: datetime | None = None
+        self.seen = 0
+        self.unknown_in_a_row = 0
+
+    def chunk(self, chunk: Sequence[Recipient], *, dial: bool) -> None:
+        refs, records, listed = self.dialer._read_chunk(chunk, dial=dial)
+        self.last = []
+        for recipient in chunk:
+            ref = refs.get(recipient.index)
+            record = records.get(ref) if ref else None
+            result, dialed, error = self.dialer._one(
+                recipient, ref, record, listed, dial=dial, stopped=self.stopped
+            )
+            if dialed:
+                self._dialed(result)
+            if error is not None and self.stopped is None:
+                self.stopped = error
+            self._keep(result)
+            self.progress.done(result)
+
+    def _dialed(self, result: RecipientResult) -> None:
+        self.progress.dialed()
+        if result.result is not ResultKind.UNKNOWN:
+            self.unknown_in_a_row = 0
+            return
+        self.unknown_in_a_row += 1
+        if self.unknown_in_a_row >= MAX_CONSECUTIVE_UNKNOWN and self.stopped is None:
+            self.stopped = BatchStalled(
+                f"{self.unknown_in_a_row} calls in a row got no answer from AI Studio; the batch "
+                "stopped dialing so that an outage does not pile up calls of unknown outcome"
+            )
+
+    def _keep(self, result: RecipientResult) -> None:
+        self.seen += 1
+        self.last.append(result)
+        kind = result.result
+        if kind in (ResultKind.REJECTED, ResultKind.UNKNOWN) and len(self.problems) < _PROBLEMS_KEPT:
+            self.problems.append(result)
+        opens = result.opens_at if kind is ResultKind.DEFERRED else None
+        if opens is not None and (self.next_opening is None or opens < self.next_opening):
+            self.next_opening = opens
+        if self.collect_placed and kind is ResultKind.PLACED and result.call_ref:
+            self.placed.append(result.call_ref)
+        if self.results is not None:
+            if self.keep is not None and len(self.results) >= self.keep:
+                self.results = None
+            else:
+                self.results.append(result)
+
+
 @dataclass
 class _Progress:
     """Progress lines every few seconds: done/total, current dial rate, ETA, 429s absorbed."""
 
     dialer: BatchDialer
-    total: int
+    total: int | None
     counts: dict[str, int] = field(default_factory=lambda: {kind.value: 0 for kind in ResultKind})
     dials: int = 0
     _recent: deque[float] = field(default_factory=deque)
@@ -476,19 +573,19 @@ class _Progress:
         self._last_log = self.dialer.monotonic()
         done = sum(self.counts.values())
         rate = self.rate()
-        left = self.total - done
+        left = None if self.total is None else max(self.total - done, 0)
         try:
             allowed = float(self.dialer.hook.config.calls_per_second)
         except Exception:  # progress must never fail the batch
             allowed = 1.0
-        eta = left / (rate or allowed) if left else 0.0
+        eta = _human(left / (rate or allowed)) if left else ("0s" if left == 0 else "unknown")
         self.dialer.log.info(
-            "Progress: %d/%d recipients done (%s); %.2f calls/s; ETA %s; 429s absorbed so far: %d",
+            "Progress: %d/%s recipients done (%s); %.2f calls/s; ETA %s; 429s absorbed so far: %d",
             done,
-            self.total,
+            "?" if self.total is None else self.total,
             ", ".join(f"{kind} {n}" for kind, n in self.counts.items() if n) or "nothing yet",
             rate,
-            _human(eta),
+            eta,
             self.dialer.hook.rate_limited_count,
         )
 

@@ -7,15 +7,18 @@ Pure: no request, no store access. ``phonenumbers`` loads inside the functions t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from datetime import time as dtime
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
 from airflow_provider_vonage_studio.windows import check_zone, recipient_timezone
+
+if TYPE_CHECKING:
+    from airflow_provider_vonage_studio.store.batch_results import BatchResultRow
 
 __all__ = [
     "RECIPIENT_FIELDS",
@@ -25,7 +28,11 @@ __all__ = [
     "Recipient",
     "RecipientResult",
     "ResultKind",
+    "UnreadableItem",
+    "chunked",
+    "iter_plan",
     "plan_recipients",
+    "stored_result",
 ]
 
 #: Keys a recipient given as a mapping may have.
@@ -45,6 +52,14 @@ class ResultKind(str, Enum):
     SKIPPED = "skipped"  # deliberately not dialed (duplicate, do-not-call, batch stopped)
     UNKNOWN = "unknown"  # sent, no answer: it may have rung; never dialed again on its own
     DEFERRED = "deferred"  # outside its calling window; dialed when the window opens
+
+
+@dataclass(frozen=True)
+class UnreadableItem:
+    """An item of a recipient stream that could not be read (a line of a file that is not
+    JSON): planned as a ``rejected`` recipient saying why, like any malformed item."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,25 @@ class RecipientResult:
     opens_at: datetime | None = None
     status: str | None = None
     with_status: bool = False
+    # The normalised destination, as the ledger stores it: for the store's batch results only,
+    # never in to_dict (XCom) or logs.
+    destination: str | None = field(default=None, repr=False, compare=False)
+
+    def to_row(self) -> BatchResultRow:
+        """The row the store keeps for this result (``store.batch_results``)."""
+        return {
+            "position": self.index,
+            "call_ref": self.call_ref,
+            "destination": self.destination,
+            "recipient_key": self.key,
+            "result": self.result.value,
+            "reason": self.reason,
+            "session_id": self.session_id,
+            "session_start_time": self.session_start_time,
+            "duplicate_of": self.duplicate_of,
+            "opens_at": self.opens_at,
+            "status": self.status,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: number redacted, times ISO-8601 UTC, no token or secret."""
@@ -140,6 +174,12 @@ class BatchReport:
     (``None`` when none is deferred). ``stopped`` is the error that made the pass stop dialing
     (a refused key, an unknown agent, an outage); recipients after it are ``skipped``.
     ``rate_limited`` is how many 429s the hook absorbed during the pass.
+
+    A pass over a batch too big to hold (more recipients than it was asked to keep) has
+    ``results`` empty and ``complete`` false; then ``tally`` counts every recipient,
+    ``total`` is how many there were, ``problems`` holds the first few rejected or unknown
+    ones (for error messages) and ``placed`` the placed calls' refs when they were collected.
+    The full list is in the store's batch results.
     """
 
     results: tuple[RecipientResult, ...]
@@ -147,27 +187,73 @@ class BatchReport:
     stopped: VonageStudioError | None = None
     rate_limited: int = 0
     dialed: int = 0
+    tally: Mapping[str, int] | None = None
+    total: int | None = None
+    problems: tuple[RecipientResult, ...] = ()
+    placed: tuple[str, ...] | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``results`` holds every recipient."""
+        return self.tally is None
+
+    @property
+    def size(self) -> int:
+        """How many recipients the pass went over."""
+        return len(self.results) if self.total is None else self.total
 
     def counts(self) -> dict[str, int]:
         """How many recipients ended in each :class:`ResultKind` (all kinds, zeros included)."""
         counts = {kind.value: 0 for kind in ResultKind}
+        if self.tally is not None:
+            counts.update(self.tally)
+            return counts
         for result in self.results:
             counts[result.result.value] += 1
         return counts
 
     def placed_refs(self) -> list[str]:
         """call_refs of the placed calls, in order."""
+        if self.placed is not None:
+            return list(self.placed)
         return [r.call_ref for r in self.results if r.result is ResultKind.PLACED and r.call_ref]
 
     def summary(self) -> str:
         """One line for logs and errors: ``placed 997, rejected 2, unknown 1 of 1000``."""
         counts = self.counts()
         parts = [f"{kind} {n}" for kind, n in counts.items() if n]
-        return f"{', '.join(parts) or 'nothing'} of {len(self.results)} recipient(s)"
+        return f"{', '.join(parts) or 'nothing'} of {self.size} recipient(s)"
 
     def to_list(self) -> list[dict[str, Any]]:
         """JSON-safe results (see :meth:`RecipientResult.to_dict`)."""
         return [r.to_dict() for r in self.results]
+
+
+def stored_result(row: Mapping[str, Any], *, show_numbers: bool = False) -> dict[str, Any]:
+    """A stored batch result (``CallStore.batch_results``) as JSON-safe data: the keys of
+    :meth:`RecipientResult.to_dict` plus ``task_id`` and ``map_index``; the number redacted
+    unless ``show_numbers``."""
+    from airflow_provider_vonage_studio.destinations import redact
+
+    destination = row.get("destination")
+    data: dict[str, Any] = {
+        "task_id": row.get("task_id"),
+        "map_index": row.get("map_index"),
+        "index": row["position"],
+        "to": (destination if show_numbers else redact(destination)) if destination else None,
+        "key": row.get("recipient_key"),
+        "call_ref": row.get("call_ref"),
+        "result": row["result"],
+        "reason": row.get("reason"),
+        "session_id": row.get("session_id"),
+        "session_start_time": _iso(row.get("session_start_time")),
+        "status": row.get("status"),
+    }
+    if row.get("duplicate_of") is not None:
+        data["duplicate_of"] = row["duplicate_of"]
+    if row.get("opens_at") is not None:
+        data["opens_at"] = _iso(row["opens_at"])
+    return data
 
 
 # ------------------------------------------------------------------------------ planning
@@ -194,9 +280,41 @@ def plan_recipients(
     its own ``timezone``, else the one ``phonenumbers`` gives for the number when there is
     exactly one, else ``timezone_name``.
 
+    The whole plan as a list; :func:`iter_plan` is the same, one recipient at a time.
+
     :raises VonageStudioConfigError: naming ``recipients`` when it is not a list (a string,
         a mapping, ``None``), naming ``timezone`` when ``timezone_name`` is not a known zone.
     :raises InvalidSessionParameter: the batch-wide ``session_parameters`` break AI Studio's rules.
+    """
+    return list(
+        iter_plan(
+            recipients,
+            default_country=default_country,
+            session_parameters=session_parameters,
+            strict_parameter_names=strict_parameter_names,
+            calling_window=calling_window,
+            timezone_name=timezone_name,
+        )
+    )
+
+
+def iter_plan(
+    recipients: Iterable[Any] | None,
+    *,
+    default_country: str | None = None,
+    session_parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    strict_parameter_names: bool = True,
+    calling_window: tuple[dtime, dtime] | None = None,
+    timezone_name: str = "UTC",
+) -> Iterator[Recipient]:
+    """:func:`plan_recipients` one recipient at a time, for batches too big to hold.
+
+    The arguments are checked when this is called (before the first item is read); the items
+    are read as the result is iterated. What it keeps while iterating is the de-duplication
+    index: the first index of every destination and key seen (about 150 bytes per recipient:
+    some 15 MB for 100,000), never the recipients themselves.
+
+    :raises VonageStudioConfigError: / :raises InvalidSessionParameter: as :func:`plan_recipients`.
     """
     from airflow_provider_vonage_studio.params import normalize_session_parameters
 
@@ -217,8 +335,24 @@ def plan_recipients(
     }
     if calling_window is not None:
         check_zone(timezone_name, "timezone")
+    return _planned(
+        recipients,
+        defaults,
+        default_country=default_country,
+        strict_parameter_names=strict_parameter_names,
+        timezone_name=timezone_name if calling_window is not None else None,
+    )
 
-    plan: list[Recipient] = []
+
+def _planned(
+    recipients: Iterable[Any],
+    defaults: Mapping[str, str],
+    *,
+    default_country: str | None,
+    strict_parameter_names: bool,
+    timezone_name: str | None,
+) -> Iterator[Recipient]:
+    """The plan loop: normalise each item, mark duplicates of earlier destinations and keys."""
     first_by_destination: dict[str, int] = {}
     first_by_key: dict[str, int] = {}
     for index, item in enumerate(recipients):
@@ -232,7 +366,7 @@ def plan_recipients(
                     defaults,
                     default_country=default_country,
                     strict_parameter_names=strict_parameter_names,
-                    timezone_name=timezone_name if calling_window is not None else None,
+                    timezone_name=timezone_name,
                 )
             except VonageStudioError as exc:
                 recipient = replace(recipient, error=f"recipients[{index}]: {exc.message}")
@@ -251,8 +385,19 @@ def plan_recipients(
                 first_by_destination[dest] = index
                 if key is not None:
                     first_by_key[key] = index
-        plan.append(recipient)
-    return plan
+        yield recipient
+
+
+def chunked(items: Iterable[Recipient], size: int) -> Iterator[list[Recipient]]:
+    """``items`` in lists of at most ``size`` (the unit a batch reads the ledger and writes results in)."""
+    chunk: list[Recipient] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _normalized(
@@ -303,6 +448,8 @@ def _iterable(value: Any) -> bool:
 def _split_item(index: int, item: Any) -> tuple[str, dict[str, Any], str | None]:
     """``(to as given, other fields, error)`` of one recipient item; never raises."""
     where = f"recipients[{index}]"
+    if isinstance(item, UnreadableItem):
+        return "", {}, f"{where}: {item.why}"
     if isinstance(item, bool):
         return str(item), {}, f"{where}: expected a number or a mapping with 'to', got bool"
     if isinstance(item, (str, int)):

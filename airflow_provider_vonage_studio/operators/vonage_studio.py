@@ -15,7 +15,7 @@ checks in ``_calling.py``, the batch's results in ``_batch.py``, export windows 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from airflow_provider_vonage_studio.batch import BatchDialer, BatchReport, Recipient
     from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
     from airflow_provider_vonage_studio.outcome import CallOutcome
+    from airflow_provider_vonage_studio.recipient_sources import RecipientSource
 
 __all__ = [
     "ExportSessionsOperator",
@@ -320,7 +321,15 @@ class MakeCallsOperator(BaseOperator, CallingTask):
     :param recipients: list of numbers / SIP URIs, or of mappings with ``to`` and optional
         ``session_parameters`` (merged over the batch's by name), ``key`` (what identifies the
         recipient across retries; default the normalised number) and ``timezone`` (IANA name for
-        the calling window). Typically an upstream task's output. Templated.
+        the calling window). Typically an upstream task's output. Or, better for large batches,
+        a file / object-storage URI read as a stream through ``ObjectStoragePath``
+        (``file:///data/campaign.csv``, ``s3://bucket/campaign.jsonl`` with its provider
+        installed): ``.jsonl`` / ``.ndjson`` (one item per line) or ``.csv`` (columns ``to``,
+        optional ``key`` and ``timezone``, every other column a session parameter). Templated.
+    :param recipients_sql: instead of ``recipients``, a query whose rows are the recipients
+        (columns as in a CSV file), streamed with a server-side cursor. Templated.
+    :param recipients_conn_id: the Airflow connection ``recipients_sql`` runs on (its DB-API
+        hook's SQLAlchemy engine, or one made from its URI).
     :param agent_id: the published agent that makes the calls. Templated.
     :param session_parameters: parameters for every call (mapping or the API's list). Templated.
     :param hangup_on_answer_machine: AI Studio's beta answering-machine hang-up, for every call.
@@ -356,11 +365,16 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         ``[operators] default_deferrable``.
     :param progress_interval: seconds between progress lines (done/total, rate, ETA) in the log.
 
-    Returns (XCom) a JSON-safe list, one dict per recipient in the given order: ``index``,
-    ``to`` (redacted), ``key``, ``call_ref``, ``result`` (``placed``, ``rejected``, ``skipped``
-    or ``unknown``), ``reason`` (``duplicate``, ``do-not-call``, the API's or the validation's
-    message), ``session_id``, ``session_start_time`` (ISO-8601 UTC), plus ``duplicate_of`` for
-    duplicates and ``status`` with ``wait_for_status``.
+    Returns (XCom), for a batch of up to ``FULL_RESULTS_MAX`` (1,000) recipients, a JSON-safe
+    list, one dict per recipient in the given order: ``index``, ``to`` (redacted), ``key``,
+    ``call_ref``, ``result`` (``placed``, ``rejected``, ``skipped`` or ``unknown``), ``reason``
+    (``duplicate``, ``do-not-call``, the API's or the validation's message), ``session_id``,
+    ``session_start_time`` (ISO-8601 UTC), plus ``duplicate_of`` for duplicates and ``status``
+    with ``wait_for_status``. For a larger batch, a summary dict instead (a few hundred bytes
+    whatever the size): ``recipients``, ``counts`` per result, ``dialed``, ``rate_limited``,
+    ``statuses`` (with ``wait_for_status``) and ``results``, the reference to the per-recipient
+    results in the call store with how to fetch them (``vonage-studio calls results`` and the
+    outcome JSON route). Every batch's per-recipient results are stored there, whatever its size.
 
     :raises AirflowFailException: bad arguments (before any call); at the end, recipients
         rejected / unknown (with ``fail_on_rejected``) or statuses in ``fail_on``; the key or the
@@ -371,19 +385,26 @@ class MakeCallsOperator(BaseOperator, CallingTask):
 
     template_fields: Sequence[str] = (
         "recipients",
+        "recipients_sql",
         "agent_id",
         "session_parameters",
         "call_key",
         "do_not_call",
     )
-    template_fields_renderers: ClassVar[dict[str, str]] = {"recipients": "json", "session_parameters": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "recipients": "json",
+        "recipients_sql": "sql",
+        "session_parameters": "json",
+    }
     ui_color = "#b8d8f5"
 
     def __init__(
         self,
         *,
-        recipients: Any,
+        recipients: Any = None,
         agent_id: str,
+        recipients_sql: str | None = None,
+        recipients_conn_id: str | None = None,
         session_parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         hangup_on_answer_machine: bool | None = None,
         vonage_studio_conn_id: str = "vonage_studio_default",
@@ -410,6 +431,9 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         # Checked here so that a malformed window fails when the DAG is parsed, not at night.
         parse_calling_window(calling_window)
         self.recipients = recipients
+        self.recipients_sql = recipients_sql
+        self.recipients_conn_id = recipients_conn_id
+        self._check_source(rendered=False)
         # Checked here so that a mistake fails when the DAG is parsed, not after dialing.
         self._keep_call_options(
             agent_id=agent_id,
@@ -458,11 +482,25 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         :raises VonageStudioConfigError: ``recipients`` is not a list, ``timezone`` is unknown.
         :raises InvalidSessionParameter: the batch-wide ``session_parameters`` are malformed.
         """
-        from airflow_provider_vonage_studio.batch import plan_recipients
+        return list(self.plan_stream())
+
+    def plan_stream(self) -> Iterator[Recipient]:
+        """:meth:`plan` as a stream, from whichever source the task names (list, file, query).
+
+        The source is opened and its columns checked before this returns.
+
+        :raises VonageStudioConfigError: as :meth:`plan`, and naming ``recipients``,
+            ``recipients_sql`` or ``recipients_conn_id`` for a source that cannot be read.
+        """
+        from airflow_provider_vonage_studio.recipient_sources import open_items
+        from airflow_provider_vonage_studio.recipients import iter_plan
         from airflow_provider_vonage_studio.windows import parse_calling_window
 
-        return plan_recipients(
-            self.recipients,
+        items = open_items(
+            self._check_source(rendered=True), strict_parameter_names=self.strict_parameter_names
+        )
+        return iter_plan(
+            items,
             default_country=self.default_country,
             session_parameters=self.session_parameters,
             strict_parameter_names=self.strict_parameter_names,
@@ -470,10 +508,31 @@ class MakeCallsOperator(BaseOperator, CallingTask):
             timezone_name=self.timezone,
         )
 
-    def execute(self, context: Context) -> list[dict[str, Any]]:
+    def _check_source(self, *, rendered: bool) -> RecipientSource:
+        """The recipient source the arguments name (see ``recipient_sources.resolve_source``);
+        at construction only when neither argument is a template.
+
+        :raises VonageStudioConfigError: naming the field.
+        """
+        from airflow_provider_vonage_studio.recipient_sources import (
+            RecipientSource,
+            SourceKind,
+            resolve_source,
+        )
+        from airflow_provider_vonage_studio.validation import is_templated
+
+        if not rendered and any(
+            isinstance(v, str) and is_templated(v) for v in (self.recipients, self.recipients_sql)
+        ):
+            return RecipientSource(SourceKind.LIST, self.recipients)
+        return resolve_source(self.recipients, self.recipients_sql, self.recipients_conn_id)
+
+    def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         return self._dial(context)
 
-    def execute_after_window(self, context: Context, event: Any = None) -> list[dict[str, Any]]:
+    def execute_after_window(
+        self, context: Context, event: Any = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         """Resume when the earliest deferred recipient's calling window opens: dial on.
 
         The recipients are rendered again and the ledger says who was placed, so nothing about
@@ -481,8 +540,9 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         """
         return self._dial(context)
 
-    def _dial(self, context: Context) -> list[dict[str, Any]]:
+    def _dial(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
         from airflow_provider_vonage_studio.batch import ResultKind
+        from airflow_provider_vonage_studio.operators._batch import results_xcom
 
         hook = self.hook
         try:
@@ -493,20 +553,13 @@ class MakeCallsOperator(BaseOperator, CallingTask):
                     "wait_for_status=True needs a status_url for every call: set extra 'callback_base_url' "
                     f"and 'callback_secret' on connection {self.vonage_studio_conn_id!r}"
                 )
-            plan = self.plan()
-            self.log.info(
-                "Dialing %d recipient(s) from agent %s at up to %d call(s)/s",
-                len(plan),
-                self.agent_id,
-                hook.config.calls_per_second,
-            )
-            report = self.dialer(hook, context).run(plan)
+            report = self._pass(context, hook, dial=True)
         except VonageStudioError as exc:
             raise fail_task(exc) from exc
         self._log_report(report)
         if report.stopped is not None:
             self.log.error("The batch stopped dialing: %s", report.stopped)
-            context["ti"].xcom_push(key="results", value=report.to_list())
+            context["ti"].xcom_push(key="results", value=results_xcom(report, None, task_identity(context)))
             raise fail_task(report.stopped) from report.stopped
         if report.next_opening is not None:
             from airflow.providers.standard.triggers.temporal import DateTimeTrigger
@@ -524,9 +577,40 @@ class MakeCallsOperator(BaseOperator, CallingTask):
             )
         return self._wait_for_statuses(context, hook, report)
 
+    def _pass(self, context: Context, hook: VonageStudioHook, *, dial: bool) -> BatchReport:
+        """One pass over the recipients, streamed in chunks; each chunk's results stored.
+
+        :raises VonageStudioError: bad input (before any dial), a broken connection, the store
+            unavailable.
+        """
+        from airflow_provider_vonage_studio.operators._batch import FULL_RESULTS_MAX, results_sink
+
+        plan = self.plan_stream()
+        total = len(self.recipients) if isinstance(self.recipients, Sequence) else None
+        if dial:
+            self.log.info(
+                "Dialing %s recipient(s) from agent %s at up to %d call(s)/s",
+                "the" if total is None else total,
+                self.agent_id,
+                hook.config.calls_per_second,
+            )
+        task = task_identity(context)
+        sink = results_sink(hook.store, task)
+        report = self.dialer(hook, context).run(
+            plan,
+            dial=dial,
+            keep=FULL_RESULTS_MAX,
+            sink=sink,
+            collect_placed=self.wait_for_status,
+            total=total,
+        )
+        with hook.store.unavailable_as_error("storing the batch results"):
+            hook.store.trim_batch_results(task, report.size)
+        return report
+
     def _wait_for_statuses(
         self, context: Context, hook: VonageStudioHook, report: BatchReport
-    ) -> list[dict[str, Any]]:
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         """After a complete pass: report it, having waited (deferred or here) for the placed
         calls' statuses when ``wait_for_status`` asks for them."""
         refs = report.placed_refs()
@@ -557,11 +641,13 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         )
         return self._finish(context, report, statuses)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         """Resume after the status trigger: report every recipient from the ledger (never dials)."""
         statuses = resume(event, "call_statuses")
         try:
-            report = self.dialer(self.hook, context).run(self.plan(), dial=False)
+            report = self._pass(context, self.hook, dial=False)
         except VonageStudioError as exc:
             raise fail_task(exc) from exc
         return self._finish(context, report, statuses)
@@ -580,16 +666,19 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         context: Context,
         report: BatchReport,
         statuses: Mapping[str, tuple[str | None, str | None]] | None,
-    ) -> list[dict[str, Any]]:
-        from airflow_provider_vonage_studio.operators._batch import batch_problem, batch_results
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        from airflow_provider_vonage_studio.operators._batch import batch_problem, batch_results, results_xcom
 
-        results = batch_results(report, statuses, lambda: self.hook.store, self.log)
-        data = [r.to_dict() for r in results]
-        problem = batch_problem(report, results, fail_on=self.fail_on, fail_on_rejected=self.fail_on_rejected)
+        task = task_identity(context)
+        results = batch_results(report, statuses, lambda: self.hook.store, self.log, task=task)
+        value = results_xcom(report, statuses, task, results)
+        problem = batch_problem(
+            report, results, fail_on=self.fail_on, fail_on_rejected=self.fail_on_rejected, statuses=statuses
+        )
         if problem is not None:
-            context["ti"].xcom_push(key="results", value=data)
+            context["ti"].xcom_push(key="results", value=value)
             raise AirflowFailException(problem)
-        return data
+        return value
 
 
 # ----------------------------------------------------------------------------- ExportSessionsOperator

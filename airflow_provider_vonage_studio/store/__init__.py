@@ -43,6 +43,7 @@ from airflow_provider_vonage_studio.calls import (
     CallState,
     RecordOutcome,
 )
+from airflow_provider_vonage_studio.store.batch_results import BatchResults
 from airflow_provider_vonage_studio.store.call_rows import CallRows
 from airflow_provider_vonage_studio.store.call_rows import _check_call_ref as _check_call_ref
 from airflow_provider_vonage_studio.store.call_rows import _record_from_values as _record_from_values
@@ -127,7 +128,7 @@ __all__ = [
 ]
 
 
-class CallStore(CallRows, Statuses, Pacing, DoNotCall, Changes):
+class CallStore(CallRows, Statuses, Pacing, DoNotCall, BatchResults, Changes):
     """Access to the call store at one SQLAlchemy URL (one engine and pool per instance).
 
     Tables are created on first use, idempotently and safely when many processes start at

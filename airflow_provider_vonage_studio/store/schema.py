@@ -236,6 +236,30 @@ change_cursors_table = sa.Table(
     sa.Column("updated_at", _UTCDateTime, nullable=False),
 )
 
+# Schema version 6: what became of each recipient of a MakeCallsOperator batch (one row per
+# recipient, in the task instance's order), so a 100,000-recipient run is queryable without
+# its XCom holding 100,000 dicts. ``destination`` is stored as the ledger stores it.
+batch_results_table = sa.Table(
+    "vonage_studio_batch_results",
+    metadata,
+    sa.Column("dag_id", sa.String(250), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("task_id", sa.String(250), primary_key=True),
+    sa.Column("map_index", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("call_ref", sa.String(_CALL_REF_MAX)),
+    sa.Column("destination", sa.Text),
+    sa.Column("recipient_key", sa.Text),
+    sa.Column("result", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("session_id", sa.String(_UUID_MAX)),
+    sa.Column("session_start_time", _UTCDateTime),
+    sa.Column("duplicate_of", sa.Integer),
+    sa.Column("opens_at", _UTCDateTime),
+    sa.Column("status", sa.String(_STATUS_MAX)),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+)
+
 schema_version_table = sa.Table(
     "vonage_studio_schema_version",
     metadata,
@@ -312,6 +336,16 @@ def _change_feed(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _add_batch_results(conn: Connection) -> None:
+    """Version 6: ``vonage_studio_batch_results`` (per-recipient results of a batch)."""
+    batch_results_table.create(conn, checkfirst=True)
+
+
+def _add_channel(conn: Connection) -> None:
+    """Version 7: ``vonage_studio_calls.channel`` (NULL for calls, ``sms``/``whatsapp`` for messages)."""
+    _add_missing_columns(conn, calls_table, ("channel",))
+
+
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
 #: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
 #: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
@@ -322,7 +356,7 @@ _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _two_phase_ledger,
     4: _change_feed,
     5: _outcome_sources,
-    6: lambda conn: None,  # placeholder: replaced by the batch results' step
+    6: _add_batch_results,
     7: _add_channel,
 }
 
