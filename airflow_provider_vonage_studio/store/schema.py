@@ -341,11 +341,6 @@ def _add_batch_results(conn: Connection) -> None:
     batch_results_table.create(conn, checkfirst=True)
 
 
-def _add_channel(conn: Connection) -> None:
-    """Version 7: ``vonage_studio_calls.channel`` (NULL for calls, ``sms``/``whatsapp`` for messages)."""
-    _add_missing_columns(conn, calls_table, ("channel",))
-
-
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
 #: Each runs inside the schema transaction (under the schema lock: PostgreSQL's advisory lock,
 #: SQLite's BEGIN IMMEDIATE) on the connection it is given, after ``create_all`` has created
