@@ -102,17 +102,16 @@ class Changes(StoreBase):
 
         On PostgreSQL rows seen before may come again (compare :attr:`Change.seq`).
         """
-        if cursor is None:
-            return ([Change(0, record) for record in self.get_calls(list(also))] if also else []), (
-                self.change_cursor()
-            )
         refs = list(dict.fromkeys(also))
+        if cursor is None:
+            # The position first, then the rows: whatever changes in between comes again next time.
+            start = self.change_cursor()
+            with self._transaction(write=False) as conn:
+                return _rows(conn, refs), start
         inline, extra = (refs, []) if len(refs) <= _CHUNK else ([], refs)
         with self._transaction(write=False) as conn:
             changes, new = self._read_changes(conn, cursor, inline)
-            for chunk in _chunks(extra):
-                query = sa.select(calls_table).where(calls_table.c.call_ref.in_(chunk))
-                changes.extend(_change(row._mapping) for row in conn.execute(query))
+            changes.extend(_rows(conn, extra))
         return changes, new
 
     def _read_changes(
@@ -211,6 +210,15 @@ def _snapshot_xmin() -> Any:
     # txid_* rather than pg_current_snapshot(): the same numbers (epoch-extended bigint) on
     # every supported PostgreSQL, 9.6 included.
     return sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())
+
+
+def _rows(conn: Connection, refs: list[str]) -> list[Change]:
+    """The current rows of ``refs`` (one ``IN`` per 500), as changes with their numbers."""
+    found: list[Change] = []
+    for chunk in _chunks(refs):
+        query = sa.select(calls_table).where(calls_table.c.call_ref.in_(chunk))
+        found.extend(_change(row._mapping) for row in conn.execute(query))
+    return found
 
 
 def _change(values: Any) -> Change:

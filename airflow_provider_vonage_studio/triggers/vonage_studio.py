@@ -5,23 +5,18 @@ dial inside one would ring the callee twice). The check is
 :func:`~airflow_provider_vonage_studio.outcome.evaluate_round`, the round every waiting loop
 runs; the events it yields are :mod:`~airflow_provider_vonage_studio.events`' shapes.
 
-A triggerer may hold thousands of waiting triggers. Polling the store once per trigger
-would put thousands of queries on the database every few seconds, so all triggers of one
-event loop that use the same store share one :class:`_SharedPoller`: it wakes on a fixed
-grid of poll instants, asks the store for *every* waiting ``call_ref`` in one
-``get_calls`` (one ``SELECT ... IN`` per 500 refs), and hands each trigger its rows. The
-blocking SQL runs in a worker thread (``asyncio.to_thread``), never on the event loop.
+A triggerer may hold tens of thousands of waiting triggers. All triggers of one event loop
+that use the same store share one :class:`~.poller._SharedPoller`, which follows the store's
+change feed (one indexed query per round, whatever the number of waiters) and wakes a
+trigger only when one of its rows changed or one of its deadlines fell due.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
-import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -36,13 +31,17 @@ from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
     FAILURE_STATUSES,
     PENDING_TIMEOUT,
+    answer_deadline,
     evaluate_round,
     normalize_answer_window,
     normalize_fail_on,
     normalize_interval,
-    open_store,
 )
 from airflow_provider_vonage_studio.results import check_call_result
+
+# The poller moved to its own module; importable from here, where it was, for one release.
+from airflow_provider_vonage_studio.triggers.poller import _SharedPoller as _SharedPoller
+from airflow_provider_vonage_studio.triggers.poller import _Waiter as _Waiter
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.store import CallRecord
@@ -52,147 +51,6 @@ __all__ = ["CallStatusTrigger"]
 #: A trigger gives up (error event) after this many poll rounds in a row failed to read the
 #: store; a short database restart is ridden out, a lasting outage fails the task visibly.
 MAX_STORE_FAILURES = 5
-
-
-class _Waiter:
-    """One trigger's registration with a :class:`_SharedPoller`.
-
-    ``refs`` are the call_refs the trigger still waits for (it removes decided ones);
-    ``due`` is the poller-clock instant of its next round.
-    """
-
-    def __init__(self, poller: _SharedPoller, refs: Iterable[str], interval: float, due: float) -> None:
-        self.poller = poller
-        self.refs: set[str] = set(refs)
-        self.interval = interval
-        self.due = due
-        self._ready = asyncio.Event()
-        self._result: dict[str, CallRecord] | BaseException | None = None
-
-    def deliver(self, result: dict[str, CallRecord] | BaseException) -> None:
-        """Hand over a round's rows (or the error that round hit); only the latest is kept."""
-        self._result = result
-        self._ready.set()
-
-    async def next_round(self) -> dict[str, CallRecord]:
-        """Rows of ``refs`` from the next poll round (refs without a row are absent).
-
-        :raises Exception: whatever reading the store raised in that round.
-        """
-        await self._ready.wait()
-        self._ready.clear()
-        result, self._result = self._result, None
-        if isinstance(result, BaseException):
-            raise result
-        return result or {}
-
-    def close(self) -> None:
-        """Stop taking part in poll rounds (idempotent)."""
-        self.poller.unregister(self)
-
-
-class _SharedPoller:
-    """Polls the store for all registered waiters of one event loop and one store URL.
-
-    Rounds fall on a grid (multiples of each waiter's interval on the loop's clock), so
-    waiters with the same interval are served by the same round however staggered their
-    registrations were. Each round issues one ``store.get_calls`` over the union of the due
-    waiters' refs. The poller task ends when its last waiter leaves.
-    """
-
-    # loop -> store URL (None: the configured store) -> poller. Keyed by loop because
-    # asyncio primitives belong to one loop; weak so a closed loop's pollers vanish with it.
-    _registry: ClassVar[
-        weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str | None, _SharedPoller]]
-    ] = weakref.WeakKeyDictionary()
-
-    def __init__(self, store_url: str | None, loop: asyncio.AbstractEventLoop) -> None:
-        self.store_url = store_url
-        self.loop = loop
-        self.waiters: set[_Waiter] = set()
-        self.rounds = 0  # poll rounds run (benchmarks and tests read it)
-        self.refs_polled = 0
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def for_store(cls, store_url: str | None) -> _SharedPoller:
-        """The running loop's poller for ``store_url``, created on first use."""
-        loop = asyncio.get_running_loop()
-        pollers = cls._registry.setdefault(loop, {})
-        poller = pollers.get(store_url)
-        if poller is None:
-            poller = pollers[store_url] = cls(store_url, loop)
-        return poller
-
-    @classmethod
-    def active(cls, store_url: str | None = None) -> _SharedPoller | None:
-        """The running loop's poller for ``store_url`` if one exists (for tests and benchmarks)."""
-        return cls._registry.get(asyncio.get_running_loop(), {}).get(store_url)
-
-    def register(self, refs: Iterable[str], interval: float) -> _Waiter:
-        """Join the poll rounds; the first round for the new waiter is the next grid instant."""
-        waiter = _Waiter(self, refs, interval, self._next_due(self.loop.time(), interval))
-        self.waiters.add(waiter)
-        if self._task is None or self._task.done():
-            # A poller that stopped has left the registry; take the slot again if it is free.
-            self._registry.setdefault(self.loop, {}).setdefault(self.store_url, self)
-            self._task = self.loop.create_task(self._run(), name=f"vonage-studio-poller:{id(self):x}")
-        self._wakeup.set()  # the new waiter may be due before the poller's current sleep ends
-        return waiter
-
-    def unregister(self, waiter: _Waiter) -> None:
-        """Leave the poll rounds (idempotent); the poller stops by itself when nobody is left."""
-        self.waiters.discard(waiter)
-        if not self.waiters:
-            self._wakeup.set()
-
-    @staticmethod
-    def _next_due(now: float, interval: float) -> float:
-        return (math.floor(now / interval) + 1) * interval
-
-    def _fetch(self, refs: list[str]) -> dict[str, CallRecord]:
-        # Runs in a worker thread: opening the store may create tables, get_calls blocks.
-        return open_store(self.store_url).get_calls(refs)
-
-    async def _run(self) -> None:
-        try:
-            while self.waiters:
-                now = self.loop.time()
-                next_due = min(w.due for w in self.waiters)
-                if next_due > now:
-                    self._wakeup.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), next_due - now)
-                    continue  # re-plan: waiters may have come or gone meanwhile
-                # Serve every waiter due now or within a quarter of its interval, so that
-                # waiters on different grids still share rounds when they can.
-                due = [w for w in self.waiters if w.due - now <= min(0.5, 0.25 * w.interval)]
-                refs = sorted(set().union(*(w.refs for w in due)))
-                result: dict[str, CallRecord] | BaseException
-                try:
-                    result = await asyncio.to_thread(self._fetch, refs) if refs else {}
-                except Exception as exc:  # delivered to the waiters, who decide how long to tolerate it
-                    result = exc
-                self.rounds += 1
-                self.refs_polled += len(refs)
-                done = self.loop.time()
-                for waiter in due:
-                    # From its own due instant too: a waiter served a little early must not
-                    # land on the grid point it was just served for.
-                    waiter.due = self._next_due(max(done, waiter.due), waiter.interval)
-                    if waiter not in self.waiters:
-                        continue
-                    if isinstance(result, BaseException):
-                        waiter.deliver(result)
-                    else:
-                        waiter.deliver({ref: result[ref] for ref in waiter.refs if ref in result})
-        finally:
-            # No await between the emptiness check above and here: a register() cannot slip
-            # in unseen. On cancellation (loop shutdown) the poller is forgotten as well.
-            pollers = self._registry.get(self.loop)
-            if pollers is not None and pollers.get(self.store_url) is self:
-                del pollers[self.store_url]
 
 
 class CallStatusTrigger(BaseTrigger):
@@ -259,6 +117,7 @@ class CallStatusTrigger(BaseTrigger):
         self.store_url = store_url
         self.pending_timeout = normalize_answer_window(pending_timeout, "pending_timeout")
         self._waiter: _Waiter | None = None
+        self._scheduled: dict[str, datetime] = {}  # deadlines handed to the poller, per ref
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and JSON-safe kwargs (durations as seconds) that rebuild this trigger."""
@@ -313,12 +172,29 @@ class CallStatusTrigger(BaseTrigger):
                 for ref, outcome in result.decided.items():
                     self.log.info("Call %s: %s", ref, outcome.describe())
                     statuses[ref] = outcome.status
-                waiter.refs.difference_update(result.errors, result.decided)
+                waiter.done([*result.errors, *result.decided])
+                self._schedule_deadlines(waiter, records)
             # Leave the poll rounds before handing over the event: nothing more to read.
             waiter.close()
             yield TriggerEvent(dict(status_event(self.call_refs, statuses, errors, single=self.single)))
         finally:
             waiter.close()
+
+    def _schedule_deadlines(self, waiter: _Waiter, records: Mapping[str, CallRecord]) -> None:
+        """Ask the poller to wake this trigger when time alone would decide one of its calls: a
+        silent placed call's answer window ends, a ``sending`` row's ``pending_timeout`` runs out."""
+        scheduled = self._scheduled
+        for ref in waiter.refs:
+            record = records.get(ref)
+            if record is None:
+                continue
+            deadline = answer_deadline(record, self.answer_window)
+            if deadline is None and record.state == "sending":
+                # evaluate_call gives up on waited > pending_timeout: a moment past it.
+                deadline = record.updated_at + self.pending_timeout + timedelta(milliseconds=1)
+            if deadline is not None and scheduled.get(ref) != deadline:
+                scheduled[ref] = deadline
+                waiter.wake_at(deadline, (ref,))
 
     async def cleanup(self) -> None:
         """Leave the shared poller when the triggerer drops this trigger (cancel, reassignment)."""

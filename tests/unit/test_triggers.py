@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from airflow_provider_vonage_studio import outcome as outcome_module
 from airflow_provider_vonage_studio.exceptions import CallFailed, VonageStudioConfigError
 from airflow_provider_vonage_studio.outcome import ANSWERED, error_from_event
-from airflow_provider_vonage_studio.store import CallRecord, CallStore, calls_table
+from airflow_provider_vonage_studio.store import CallStore, calls_table
 from airflow_provider_vonage_studio.triggers.vonage_studio import (
     MAX_STORE_FAILURES,
     CallStatusTrigger,
@@ -179,7 +179,7 @@ def test_batch_trigger_waits_for_all(store: CallStore, store_url: str) -> None:
 def test_trigger_gives_up_when_the_store_stays_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def broken(self: _SharedPoller, refs: list[str]) -> dict[str, CallRecord]:
+    def broken(self: _SharedPoller, cursor: Any, refs: list[str]) -> Any:
         calls.append(refs)
         raise sa.exc.OperationalError("SELECT", {}, Exception("database is down"))
 
@@ -199,10 +199,10 @@ def test_trigger_rides_out_a_short_store_outage(
     real = _SharedPoller._fetch
     failures = iter([True, True])
 
-    def flaky(self: _SharedPoller, refs: list[str]) -> dict[str, CallRecord]:
+    def flaky(self: _SharedPoller, cursor: Any, refs: list[str]) -> Any:
         if next(failures, False):
             raise sa.exc.OperationalError("SELECT", {}, Exception("restarting"))
-        return real(self, refs)
+        return real(self, cursor, refs)
 
     monkeypatch.setattr(_SharedPoller, "_fetch", flaky)
     (event,) = asyncio.run(
@@ -286,9 +286,8 @@ def test_thousand_triggers_share_one_poller(store: CallStore, store_url: str, st
 
     rounds, queries, done = asyncio.run(scenario())
     assert rounds >= 3
-    # 1,000 refs are two IN (...) chunks of 500: two SELECTs per round, never 1,000.
-    assert queries / rounds <= 10, (queries, rounds)
-    assert queries <= 2 * rounds + 2
+    # After the first full read, one change-feed SELECT per round for all 1,000 waiters.
+    assert queries <= rounds + 3, (queries, rounds)
     assert done == 20
 
 
@@ -340,10 +339,11 @@ def test_rounds_follow_the_poll_interval(store: CallStore, store_url: str) -> No
         return rounds, refs
 
     rounds, refs = asyncio.run(scenario())
-    # ~10 rounds for the 0.1 s waiter; the 0.25 s one rides along on them (~4 times), and
-    # nobody is served twice for one grid instant.
+    # ~10 rounds on the grid of the 0.1 s waiter, which the 0.25 s one shares (one query a
+    # round serves both), and no grid instant twice.
     assert 4 <= rounds <= 12, rounds  # upper bound is the point; a loaded machine gives fewer
-    assert rounds < refs <= 17, refs
+    # Nothing changed after the first full read: no row is read again, however many rounds.
+    assert refs == 0, refs
 
 
 def test_pollers_are_per_store_url(tmp_path: Any) -> None:
