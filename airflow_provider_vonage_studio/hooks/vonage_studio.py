@@ -97,6 +97,7 @@ from airflow_provider_vonage_studio.hooks.insights import (  # noqa: F401
     parse_parameters_body,
     parse_search_body,
 )
+from airflow_provider_vonage_studio.hooks.messaging import MessageResult, MessagingMixin  # noqa: F401
 from airflow_provider_vonage_studio.hooks.pacing import _LedgerRow  # noqa: F401
 from airflow_provider_vonage_studio.ledger import Action, Decision, decide
 from airflow_provider_vonage_studio.timeutil import is_date_only, to_utc  # noqa: F401
@@ -118,7 +119,7 @@ ABANDONED_REASON = (
 _IDENTITY_FIELDS = ("dag_id", "run_id", "task_id", "map_index")
 
 
-class VonageStudioHook(DialingMixin, InsightsMixin, BaseHook):
+class VonageStudioHook(MessagingMixin, DialingMixin, InsightsMixin, BaseHook):
     """Talk to Vonage AI Studio: place calls, test the key, read Insights.
 
     :param vonage_studio_conn_id: Airflow connection of type ``vonage_studio``.

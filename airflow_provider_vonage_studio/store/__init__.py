@@ -59,6 +59,7 @@ from airflow_provider_vonage_studio.store.engine import _sqlite_on_connect as _s
 from airflow_provider_vonage_studio.store.engine import configured_store_url
 from airflow_provider_vonage_studio.store.errors import CallStateConflict, StoreSchemaTooNew
 from airflow_provider_vonage_studio.store.errors import _StatusBatchRaced as _StatusBatchRaced
+from airflow_provider_vonage_studio.store.messages import Messages
 from airflow_provider_vonage_studio.store.pacing import (
     PACING_ADVANCE_WINDOWS,
     PACING_MAX_FACTOR,
@@ -128,7 +129,7 @@ __all__ = [
 ]
 
 
-class CallStore(CallRows, Statuses, Pacing, DoNotCall, BatchResults, Changes):
+class CallStore(CallRows, Statuses, Pacing, DoNotCall, BatchResults, Changes, Messages):
     """Access to the call store at one SQLAlchemy URL (one engine and pool per instance).
 
     Tables are created on first use, idempotently and safely when many processes start at
