@@ -21,6 +21,7 @@ from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator
+from airflow_provider_vonage_studio.campaign import CallAttempts, MessageFallback
 
 # fail_task moved to events.py, ti_identity and _LOCAL_PROTOCOLS to helper modules of this
 # package; importable from here for one release.
@@ -33,6 +34,7 @@ from airflow_provider_vonage_studio.operators._calling import (
     ti_identity,
     wait_options,
 )
+from airflow_provider_vonage_studio.operators._campaign import CampaignTask, check_campaign
 from airflow_provider_vonage_studio.operators._export import LOCAL_PROTOCOLS as _LOCAL_PROTOCOLS  # noqa: F401
 from airflow_provider_vonage_studio.outcome import DEFAULT_ANSWER_WINDOW, FAILURE_STATUSES, normalize_interval
 
@@ -306,7 +308,7 @@ def _utcnow() -> datetime:
 # ----------------------------------------------------------------------------- MakeCallsOperator
 
 
-class MakeCallsOperator(BaseOperator, CallingTask):
+class MakeCallsOperator(BaseOperator, CallingTask, CampaignTask):
     """Dial a list of recipients from one task: paced, exactly once per recipient, with progress.
 
     Each recipient is dialed through the hook, so all calls share the agent's pacing slots with
@@ -423,6 +425,8 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         poke_interval: float = 5.0,
         deferrable: bool | None = None,
         progress_interval: float = 5.0,
+        attempts: CallAttempts | None = None,
+        then_message: MessageFallback | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -454,6 +458,8 @@ class MakeCallsOperator(BaseOperator, CallingTask):
             wait_options(wait_for_status, answer_window, fail_on, poke_interval, deferrable)
         )
         self.progress_interval = normalize_interval(progress_interval, "progress_interval")
+        # Reminder campaign (waves of attempts, then a message): operators/_campaign.py.
+        self.attempts, self.then_message = check_campaign(attempts, then_message)
 
     def dialer(self, hook: VonageStudioHook, context: Context) -> BatchDialer:
         """The batch dialer for this task instance (same call_refs on every try)."""
@@ -528,6 +534,8 @@ class MakeCallsOperator(BaseOperator, CallingTask):
         return resolve_source(self.recipients, self.recipients_sql, self.recipients_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]] | dict[str, Any]:
+        if self.attempts is not None:
+            return self._campaign(context)
         return self._dial(context)
 
     def execute_after_window(
