@@ -101,6 +101,7 @@ from airflow_provider_vonage_studio.callbacks.body import (  # noqa: F401
     destinations_match,
     parse_callback_time,
 )
+from airflow_provider_vonage_studio.callbacks.messages import add_message_status_route
 from airflow_provider_vonage_studio.callbacks.middleware import _ElideTokenInPath
 from airflow_provider_vonage_studio.callbacks.outcomes import _add_outcome_routes, _airflow_guard  # noqa: F401
 from airflow_provider_vonage_studio.callbacks.recorder import (  # noqa: F401
@@ -211,6 +212,7 @@ def create_app(
     app.router.add_route(
         "/calls/{token}/status", status_route(conn_id, load_secrets, max_age, recorder), methods=["POST"]
     )
+    add_message_status_route(app, conn_id, load_secrets, max_age, get_store)  # callbacks/messages.py
 
     _add_health_route(app, get_store, load_secrets, conn_id)
     _add_outcome_routes(app, get_store, outcome_view)
