@@ -39,10 +39,12 @@ class _Recorder:
     callback, so nothing waits for company.
 
     At most ``workers`` batches run at once, each on a thread of the recorder's own; by
-    default 2 on SQLite, which serialises writes anyway (one batch writes while the next one
-    reads), and 4 on a server database, where each statement waits on a round trip but more
-    writers only make smaller batches. A few busy threads also contend less for the GIL than
-    one thread per request (measured with ``benchmarks/callbacks.py``).
+    default 1 on SQLite, which serialises writes anyway: a second writer would only take
+    half of the waiting callbacks and then wait for the lock, so every batch would be
+    smaller and pay the per-transaction cost (BEGIN, savepoint, commit, log line) for fewer
+    callbacks, and the two threads would fight for the GIL; one writer cut the server CPU
+    per callback by about a third (``benchmarks/callbacks.py``). On a server database 4,
+    where each statement waits on a round trip that other batches can use.
     """
 
     def __init__(
@@ -68,7 +70,7 @@ class _Recorder:
         self._pending.append((verified, callback, future))
         if self._workers is None:
             try:
-                self._workers = 2 if self._get_store().url.startswith("sqlite") else 4
+                self._workers = 1 if self._get_store().url.startswith("sqlite") else 4
             except Exception:  # the batch itself will report the store problem
                 self._workers = 2
         if self._executor is None:
