@@ -40,6 +40,7 @@ __all__ = [
     "result_error_event",
     "result_success_event",
     "resume",
+    "source_of",
     "status_event",
     "store_outage_event",
     "verdict_of",
@@ -62,19 +63,28 @@ class CallErrorEvent(TypedDict):
 
 
 class CallStatusSuccessEvent(TypedDict):
-    """``CallStatusTrigger(call_ref=...)``: the one call has its final status."""
+    """``CallStatusTrigger(call_ref=...)``: the one call has its final status.
+
+    ``call_source`` / ``call_sources`` (optional: events of older triggers lack them) say where
+    each status came from, an ``OutcomeSource`` value (``callback``, ``end_call``, ``insights``,
+    ``inferred``): ``CallOutcome.source`` of the decided call.
+    """
 
     status: Literal["success"]
     call_ref: str
     call_status: str
     call_statuses: dict[str, str]
+    call_source: NotRequired[str]
+    call_sources: NotRequired[dict[str, str]]
 
 
 class CallStatusesSuccessEvent(TypedDict):
-    """``CallStatusTrigger(call_refs=[...])``: every call has its final status."""
+    """``CallStatusTrigger(call_refs=[...])``: every call has its final status (``call_sources``:
+    where each came from, optional as in :class:`CallStatusSuccessEvent`)."""
 
     status: Literal["success"]
     call_statuses: dict[str, str]
+    call_sources: NotRequired[dict[str, str]]
 
 
 class CallStatusErrorEvent(CallErrorEvent):
@@ -156,10 +166,13 @@ def status_event(
     errors: Mapping[str, VonageStudioError],
     *,
     single: bool,
+    sources: Mapping[str, str] | None = None,
 ) -> CallStatusSuccessEvent | CallStatusesSuccessEvent | CallStatusErrorEvent:
     """The event ``CallStatusTrigger`` yields once every call of ``call_refs`` is decided:
     ``statuses`` (ref → final status) and ``errors`` (ref → why it has none) cover them all.
-    ``single``: the trigger was given one ``call_ref`` (not a list)."""
+    ``single``: the trigger was given one ``call_ref`` (not a list). ``sources`` (ref →
+    ``CallOutcome.source``), when given, rides in a success event as ``call_sources`` (and
+    ``call_source`` for one call)."""
     refs = list(call_refs)
     ended = dict(statuses)
     if single:
@@ -167,9 +180,22 @@ def status_event(
         if ref in errors:
             event = _status_error(error_event(errors[ref], ref), ended, {ref: error_event(errors[ref])})
             return event
-        return {"status": "success", "call_ref": ref, "call_status": ended[ref], "call_statuses": ended}
+        one: CallStatusSuccessEvent = {
+            "status": "success",
+            "call_ref": ref,
+            "call_status": ended[ref],
+            "call_statuses": ended,
+        }
+        if sources:
+            one["call_sources"] = dict(sources)
+            if ref in sources:
+                one["call_source"] = sources[ref]
+        return one
     if not errors:
-        return {"status": "success", "call_statuses": ended}
+        many: CallStatusesSuccessEvent = {"status": "success", "call_statuses": ended}
+        if sources:
+            many["call_sources"] = dict(sources)
+        return many
     shown = "; ".join(f"{ref}: {exc.message}" for ref, exc in list(errors.items())[:5])
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     first = next(iter(errors.values()))
@@ -236,6 +262,14 @@ def fail_task(exc: VonageStudioError) -> Exception:
     if exc.retryable:
         return exc
     return AirflowFailException(str(exc))
+
+
+def source_of(event: Any) -> str | None:
+    """The ``call_source`` a one-call status event carries (``None``: an older trigger's event)."""
+    if not isinstance(event, Mapping):
+        return None
+    source = event.get("call_source")
+    return source if isinstance(source, str) and source else None
 
 
 def verdict_of(event: Any) -> tuple[str, str] | None:

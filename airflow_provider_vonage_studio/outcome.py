@@ -4,8 +4,14 @@ AI Studio never reports "answered": it posts to ``status_url`` only when the cal
 pick up (``cancelled``, ``rejected``, ``busy``, ``timeout``, ``failed``). So a call's outcome
 is decided from its row in the call store:
 
-* a failure status was recorded → that status (the first one wins, see the store);
-* no status, and ``answer_window`` has passed since ``session_start_time`` → ``answered``;
+* the agent's end-call webhook confirmed it (``outcome_source='end_call'`` or ``ended_at``) →
+  ``answered`` at once, source ``end_call`` (no answer window to sit out);
+* answered confirmed through Insights (a stored ``answered`` verdict with source ``insights``)
+  → ``answered``, source ``insights``;
+* a failure status was recorded → that status (the first one wins, see the store), source
+  ``callback``;
+* no status, and ``answer_window`` has passed since ``session_start_time`` → ``answered``,
+  source ``inferred``;
 * otherwise → not decided yet, keep waiting.
 
 :func:`evaluate_call` is a pure function over a
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_vonage_studio.calls import ANSWERED, FAILURE_STATUSES, FINAL_STATUSES
+from airflow_provider_vonage_studio.calls import ANSWERED, FAILURE_STATUSES, FINAL_STATUSES, OutcomeSource
 from airflow_provider_vonage_studio.exceptions import (
     CallFailed,
     CallOutcomeUnknown,
@@ -57,6 +63,7 @@ __all__ = [
     "open_store",
     "record_verdict",
     "record_verdicts",
+    "source_of_verdict",
     "wait_for_call",
     "wait_for_calls",
 ]
@@ -88,21 +95,42 @@ _MEANING = {
     ANSWERED: "no failure reported within the answer window",
 }
 
+_CONFIRMED = {
+    OutcomeSource.END_CALL.value: "confirmed by the agent's end-call webhook",
+    OutcomeSource.INSIGHTS.value: "confirmed by the session read through Insights",
+}
+
 
 @dataclass(frozen=True)
 class CallOutcome:
     """The final status of one call.
 
     ``status`` is ``"answered"`` or one of :data:`FAILURE_STATUSES`; ``inferred`` is true
-    when ``answered`` was inferred from the absence of a failure callback (AI Studio never
-    confirms an answer); ``status_at`` is the callback's timestamp, or the end of the answer
-    window for an inferred ``answered``.
+    when ``answered`` was inferred from the absence of a failure callback; ``status_at`` is the
+    callback's timestamp, the call's end (end-call webhook), or the end of the answer window for
+    an inferred ``answered``. ``source`` says where the truth came from, an
+    :class:`~airflow_provider_vonage_studio.calls.OutcomeSource` value (``callback``,
+    ``end_call``, ``insights``, ``inferred``); left out, it follows from ``inferred`` and
+    ``status`` (``inferred``, or ``callback`` for a failure status).
     """
 
     call_ref: str
     status: str
     inferred: bool
     status_at: datetime | None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            default = OutcomeSource.INFERRED if self.inferred else OutcomeSource.CALLBACK
+            object.__setattr__(self, "source", default.value)
+        elif isinstance(self.source, OutcomeSource):
+            object.__setattr__(self, "source", self.source.value)
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether the outcome was reported (a callback, the end-call webhook, Insights), not inferred."""
+        return self.source != OutcomeSource.INFERRED.value
 
     @property
     def answered(self) -> bool:
@@ -111,7 +139,8 @@ class CallOutcome:
 
     def describe(self) -> str:
         """One line for logs: ``busy (the callee was busy)``."""
-        return f"{self.status} ({_MEANING.get(self.status, 'status reported by AI Studio')})"
+        meaning = _CONFIRMED.get(self.source or "") if self.answered else None
+        return f"{self.status} ({meaning or _MEANING.get(self.status, 'status reported by AI Studio')})"
 
 
 def normalize_fail_on(fail_on: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -235,14 +264,13 @@ def evaluate_call(
     if state != "placed":  # pragma: no cover - CallState has no other members
         raise VonageStudioError(f"call {ref}: unexpected ledger state {state!r}")
 
-    outcome: CallOutcome | None = None
-    if record.status:
-        # The store keeps the first status as the call's status; later ones are history.
-        outcome = CallOutcome(ref, record.status, inferred=False, status_at=record.status_at)
-    else:
+    outcome = _reported_outcome(record)
+    if outcome is None:
         deadline = answer_deadline(record, answer_window)
         if deadline is not None and now >= deadline:
-            outcome = CallOutcome(ref, ANSWERED, inferred=True, status_at=deadline)
+            outcome = CallOutcome(
+                ref, ANSWERED, inferred=True, status_at=deadline, source=OutcomeSource.INFERRED
+            )
     if outcome is not None and outcome.status in fail_on:
         raise CallFailed(
             f"call {ref} ended with status {outcome.describe()}; it is listed in fail_on="
@@ -250,6 +278,42 @@ def evaluate_call(
             outcome.status,
         )
     return outcome
+
+
+def _reported_outcome(record: CallRecord) -> CallOutcome | None:
+    """The outcome a placed call's row was told (no inference), or ``None``.
+
+    The store keeps one truth per call: an end-call record and a failure status exclude each
+    other (whichever came first), so the order of the checks below never decides anything.
+    """
+    ref = record.call_ref
+    if record.outcome_source == OutcomeSource.END_CALL.value or record.ended_at is not None:
+        return CallOutcome(
+            ref, ANSWERED, inferred=False, status_at=record.ended_at, source=OutcomeSource.END_CALL
+        )
+    if record.status:
+        # The store keeps the first status as the call's status; later ones are history.
+        return CallOutcome(
+            ref, record.status, inferred=False, status_at=record.status_at, source=OutcomeSource.CALLBACK
+        )
+    if record.outcome == ANSWERED and record.outcome_source == OutcomeSource.INSIGHTS.value:
+        return CallOutcome(
+            ref, ANSWERED, inferred=False, status_at=record.outcome_at, source=OutcomeSource.INSIGHTS
+        )
+    return None
+
+
+def source_of_verdict(record: CallRecord | None, status: str) -> str:
+    """Where a final ``status`` decided elsewhere (a trigger's event without a source) came from,
+    as the call's row tells it: a failure status is AI Studio's ``callback``; ``answered`` is
+    ``end_call`` / ``insights`` when the row was told so, else ``inferred`` (nothing else can
+    have decided it)."""
+    if status != ANSWERED:
+        return OutcomeSource.CALLBACK.value
+    reported = _reported_outcome(record) if record is not None and record.state == "placed" else None
+    if reported is not None and reported.answered and reported.source:
+        return str(reported.source)
+    return OutcomeSource.INFERRED.value
 
 
 def open_store(store_url: str | None = None) -> CallStore:
@@ -270,10 +334,13 @@ def record_verdict(
     call_ref: str | None,
     status: str | None,
     *,
+    source: str | None = None,
     log: Any = None,
 ) -> None:
     """Store the final status a waiting task decided for ``call_ref``, so the outcome view
-    shows what the DAG reported (``answered`` is never reported by AI Studio itself).
+    shows what the DAG reported, with ``source`` (an
+    :class:`~airflow_provider_vonage_studio.calls.OutcomeSource` value, e.g. ``inferred`` for an
+    ``answered`` nobody reported; ``None`` keeps the row's own).
 
     ``store`` is a :class:`~airflow_provider_vonage_studio.store.CallStore`, a store URL
     (``None``: the configured store) or a function returning the store. Anything but a final
@@ -283,18 +350,22 @@ def record_verdict(
     """
     if not call_ref or status not in FINAL_STATUSES:
         return
-    record_verdicts(store, {call_ref: status}, log=log)
+    record_verdicts(
+        store, {call_ref: status}, sources=None if source is None else {call_ref: source}, log=log
+    )
 
 
 def record_verdicts(
     store: CallStore | str | Callable[[], CallStore] | None,
     verdicts: Mapping[str, str | None],
     *,
+    sources: Mapping[str, str | None] | None = None,
     log: Any = None,
 ) -> None:
     """:func:`record_verdict` for many calls at once (one write transaction); never raises.
 
-    ``store`` may also be a function returning the store (opened only when there is a verdict).
+    ``store`` may also be a function returning the store (opened only when there is a verdict);
+    ``sources`` maps call_refs to where each verdict came from (a missing one keeps the row's).
     """
     final = {ref: status for ref, status in verdicts.items() if ref and status in FINAL_STATUSES}
     if not final:
@@ -306,11 +377,12 @@ def record_verdicts(
             opened = store()
         else:
             opened = store
+        origins = {ref: origin for ref, origin in (sources or {}).items() if ref in final and origin}
         if len(final) == 1:
             ((ref, status),) = final.items()
-            opened.record_outcome(ref, status)
+            opened.record_outcome(ref, status, source=origins.get(ref))
         else:
-            opened.record_outcomes(final)
+            opened.record_outcomes(final, source=origins)
     except Exception as exc:
         # The type only: a database error's text could quote a row (and with it a number).
         (log or _log).warning(
@@ -460,11 +532,16 @@ def wait_for_calls(
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], datetime] | None = None,
     logger: Any = None,
+    sources: dict[str, str] | None = None,
 ) -> dict[str, tuple[str | None, str | None]]:
     """Poll the store (one ``get_calls`` per round for all of them) until every call has its
     final status; return ``{call_ref: (status, None)}``, or ``(None, why)`` for a call that
     will never have one (unknown outcome, refused, not in the store). Never raises for a
     call's outcome: no status fails here (``fail_on=()``).
+
+    ``sources``, when given, is filled with each decided call's
+    :class:`~airflow_provider_vonage_studio.calls.OutcomeSource` value (the return value keeps
+    its shape for existing callers).
 
     The in-process twin of ``CallStatusTrigger(call_refs=...)``; both decide with
     :func:`evaluate_round`.
@@ -482,6 +559,8 @@ def wait_for_calls(
                 decided[ref] = (None, result.errors[ref].message)
             elif ref in result.decided:
                 decided[ref] = (result.decided[ref].status, None)
+                if sources is not None and result.decided[ref].source:
+                    sources[ref] = str(result.decided[ref].source)
         waiting = [ref for ref in waiting if ref not in decided]
         if not waiting:
             break

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_vonage_studio.events import fail_task, verdict_of
+from airflow_provider_vonage_studio.calls import OutcomeSource
+from airflow_provider_vonage_studio.events import fail_task, source_of, verdict_of
 from airflow_provider_vonage_studio.exceptions import (
     CallFailed,
     SessionNotFound,
@@ -51,11 +52,13 @@ def settle(
         outcome = decide()
     except VonageStudioError as exc:
         if isinstance(exc, CallFailed):
-            record_verdict(store, call_ref, exc.call_status, log=log)
+            # fail_on holds failure statuses only: AI Studio's callback reported it.
+            record_verdict(store, call_ref, exc.call_status, source=OutcomeSource.CALLBACK.value, log=log)
         raise fail_task(exc) from exc
     if outcome is not None:
-        # Stored so the outcome view shows what the task reported (AI Studio never says "answered").
-        record_verdict(store, call_ref, outcome.status, log=log)
+        # Stored so the outcome view shows what the task reported and where its truth came from
+        # ("inferred" for an answer nobody reported).
+        record_verdict(store, call_ref, outcome.status, source=outcome.source, log=log)
     return outcome
 
 
@@ -71,7 +74,7 @@ def record_event_verdict(
     """
     verdict = verdict_of(event)
     if verdict is not None:
-        record_verdict(store, *verdict, log=log)
+        record_verdict(store, *verdict, source=source_of(event), log=log)
 
 
 # evaluate_call() is asked for failures only: with this window an unreported call is never

@@ -49,6 +49,12 @@ Routes (relative to where the app is mounted; the plugin mounts it at ``/vonage-
     is read, the body before the store is touched. A client that hangs up before its
     body is complete is logged as one warning line; nothing is stored.
 
+``POST /calls/{token}/ended``
+    The agent's End Call Event webhook (connection extra ``end_call_webhook``): records the call
+    as answered, confirmed (``outcome_source='end_call'``), with its end time and the flat JSON
+    body's parameters. Same token rules as above; answers in
+    :mod:`~airflow_provider_vonage_studio.callbacks.ended`.
+
 ``GET /health``
     ``{"status": "ok"}`` after a cheap store query; ``503`` with the reason when the store
     is unreachable or no callback secret is configured (the receiver could accept
@@ -102,6 +108,7 @@ from airflow_provider_vonage_studio.callbacks.body import (  # noqa: F401
     parse_callback_time,
 )
 from airflow_provider_vonage_studio.callbacks.messages import add_message_status_route
+from airflow_provider_vonage_studio.callbacks.ended import ended_route
 from airflow_provider_vonage_studio.callbacks.middleware import _ElideTokenInPath
 from airflow_provider_vonage_studio.callbacks.outcomes import _add_outcome_routes, _airflow_guard  # noqa: F401
 from airflow_provider_vonage_studio.callbacks.recorder import (  # noqa: F401
@@ -211,6 +218,10 @@ def create_app(
     # benchmarks/callbacks.py). Same path, method and answers; 405 for other methods.
     app.router.add_route(
         "/calls/{token}/status", status_route(conn_id, load_secrets, max_age, recorder), methods=["POST"]
+    )
+    # The agent's End Call Event webhook (callbacks/ended.py): answered, confirmed by push.
+    app.router.add_route(
+        "/calls/{token}/ended", ended_route(conn_id, load_secrets, max_age, get_store), methods=["POST"]
     )
     add_message_status_route(app, conn_id, load_secrets, max_age, get_store)  # callbacks/messages.py
 

@@ -1,11 +1,21 @@
-"""ASGI middleware of the receiver: the call token never reaches an access log."""
+"""ASGI middleware of the receiver: the call token never reaches an access log (status and
+end-call routes alike)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from airflow_provider_vonage_studio.signing import elide_token
+from airflow_provider_vonage_studio.signing import elide_token as _elide_status_token
+
+# The token segment of the end-call route (signing.elide_token knows only ``/status``).
+_ENDED_PATH_RE = re.compile(r"(/calls/)[^/?#]+(/ended)(?=$|[/?#])")
+
+
+def elide_token(path: str) -> str:
+    """``path`` with the token of ``/calls/<token>/status`` or ``/calls/<token>/ended`` as ``***``."""
+    return _ENDED_PATH_RE.sub(r"\1***\2", _elide_status_token(path))
 
 
 class _ElideTokenInPath:

@@ -21,6 +21,12 @@ calls the API refused show ``rejected by API``, calls whose request got no answe
 ``outcome unknown``. A failure reported after an ``answered`` verdict is noted under it (a
 hint that the answer window is too short).
 
+The *source* column (JSON ``outcome_source``) says where the outcome's truth came from:
+``end_call`` (the agent's end-call webhook: answered, confirmed; JSON ``ended_at`` is when the
+call ended), ``insights`` (answered, confirmed by reading the session), ``callback`` (AI
+Studio's failure report) or ``inferred`` (no failure report within the answer window);
+``—`` while nothing is known (and on rows from before schema version 5).
+
 Pure functions of :class:`~airflow_provider_vonage_studio.store.CallRecord` lists; this
 module imports nothing heavy.
 """
@@ -266,6 +272,8 @@ def _call_json(call: CallRecord) -> dict[str, Any]:
         "outcome": outcome_of(call),
         "verdict": call.outcome,
         "verdict_at": _iso(call.outcome_at),
+        "outcome_source": call.outcome_source,
+        "ended_at": _iso(call.ended_at),
         "error": _error_text(call),
         "session_id": call.session_id,
         "session_start_time": _iso(call.session_start_time),
@@ -384,6 +392,15 @@ def _outcome_cell(call: CallRecord) -> str:
     )
 
 
+#: How the source column names each ``outcome_source`` (calls.OutcomeSource values).
+_SOURCE_LABELS = {
+    "end_call": "end-call webhook",
+    "insights": "Insights",
+    "callback": "status callback",
+    "inferred": "inferred",
+}
+
+
 def _run_html(run: _Run) -> str:
     rows = []
     for call in run.calls:
@@ -398,6 +415,8 @@ def _run_html(run: _Run) -> str:
             f'<td data-col="agent">{_e(call.agent_id)}</td>'
             f'<td data-col="state">{_e(getattr(call.state, "value", call.state))}</td>'
             f"{_outcome_cell(call)}"
+            f'<td data-col="source" data-source="{_e(call.outcome_source or "")}">'
+            f"{_e(_SOURCE_LABELS.get(call.outcome_source or '', call.outcome_source or '—'))}</td>"
             f'<td class="muted" data-col="started">{_e(started.strftime("%Y-%m-%d %H:%M:%S"))}</td>'
             "</tr>"
         )
@@ -411,7 +430,7 @@ def _run_html(run: _Run) -> str:
         f"call{'s' if len(run.calls) != 1 else ''}</span></h2>"
         f"{_counts_html(run.counts, test_id='run-counts')}"
         "<table><thead><tr><th>Task</th><th>To</th><th>Agent</th><th>Placement</th><th>Outcome</th>"
-        "<th>Started (UTC)</th></tr></thead>"
+        "<th>Source</th><th>Started (UTC)</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></section>"
     )
 

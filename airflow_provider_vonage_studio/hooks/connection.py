@@ -18,6 +18,7 @@ __all__ = [
     "ALLOWED_CALLS_PER_SECOND",
     "DEFAULT_PACING_MARGIN",
     "DEFAULT_TIMEOUT",
+    "END_CALL_TOKEN_PARAMETER",
     "MIN_CALLBACK_SECRET_LENGTH",
     "PACE_SCOPES",
     "REGION_HOSTS",
@@ -36,6 +37,11 @@ REGION_HOSTS = {
 ALLOWED_CALLS_PER_SECOND = (1, 3, 5)
 PACE_SCOPES = ("agent", "key")
 DEFAULT_TIMEOUT = 30.0
+#: The session parameter that carries a call's signed token to its agent when the connection's
+#: ``end_call_webhook`` is on (the agent's End Call Event webhook posts to
+#: ``<callback_base_url>/calls/$VS_CALL_TOKEN/ended``); reserved: a user parameter of that name
+#: is refused.
+END_CALL_TOKEN_PARAMETER = "VS_CALL_TOKEN"
 #: Shortest ``callback_secret`` accepted: guessable below, and too short for the log masker.
 MIN_CALLBACK_SECRET_LENGTH = 16
 
@@ -54,12 +60,16 @@ class ConnectionConfig:
     timeout: float
     #: Extra spacing on top of ``1 / calls_per_second`` (extra ``pacing_margin``; 0.01 = 1 %).
     pacing_margin: float = 0.01
+    #: Extra ``end_call_webhook``: every placed call carries its signed token as the session
+    #: parameter ``VS_CALL_TOKEN``, for the agent's End Call Event webhook (docs/outcomes.md).
+    end_call_webhook: bool = False
 
     def __repr__(self) -> str:  # the key and secret must not reach logs through a repr
         return (
             f"ConnectionConfig(base_url={self.base_url!r}, region={self.region!r}, "
             f"calls_per_second={self.calls_per_second}, pace_scope={self.pace_scope!r}, "
-            f"callback_base_url={self.callback_base_url!r}, timeout={self.timeout})"
+            f"callback_base_url={self.callback_base_url!r}, timeout={self.timeout}, "
+            f"end_call_webhook={self.end_call_webhook})"
         )
 
 
@@ -70,8 +80,9 @@ def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionCo
         a ``calls_per_second`` other than 1/3/5 (a bool is not a number), a ``timeout`` that
         is not a finite number of seconds in (0, 120], a ``callback_base_url`` that is not a
         well-formed http(s) URL with a host, a ``callback_secret`` shorter than
-        :data:`MIN_CALLBACK_SECRET_LENGTH` characters, or an extra of the wrong type
-        (e.g. a number where a string belongs).
+        :data:`MIN_CALLBACK_SECRET_LENGTH` characters, an ``end_call_webhook`` that is not
+        true/false or is on without ``callback_base_url`` and ``callback_secret``, or an extra of
+        the wrong type (e.g. a number where a string belongs).
     """
     from airflow_provider_vonage_studio.validation import MAX_REQUEST_TIMEOUT, check_http_url, check_seconds
 
@@ -130,6 +141,7 @@ def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionCo
             f'secret of at least {MIN_CALLBACK_SECRET_LENGTH} (e.g. python -c "import secrets; '
             'print(secrets.token_urlsafe(32))")'
         )
+    end_call_webhook = _end_call_webhook(where, extra, callback_base_url, callback_secret)
     return ConnectionConfig(
         api_key=api_key,
         base_url=_base_url(conn, region),
@@ -140,7 +152,38 @@ def parse_connection(conn: Any, *, timeout: float | None = None) -> ConnectionCo
         callback_secret=callback_secret,
         timeout=float(timeout),
         pacing_margin=_pacing_margin(conn.conn_id, extra),
+        end_call_webhook=end_call_webhook,
     )
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
+def _end_call_webhook(
+    where: str, extra: Mapping[str, Any], callback_base_url: str | None, callback_secret: str | None
+) -> bool:
+    """The ``end_call_webhook`` extra as a bool (the connection form stores text: ``"true"``).
+
+    :raises VonageStudioConfigError: for a value that is not true/false, or ``true`` without
+        ``callback_base_url`` (where the agent posts) and ``callback_secret`` (what signs the token).
+    """
+    raw = extra.get("end_call_webhook", False)
+    if isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
+        value = raw.strip().lower() in _TRUE
+    else:
+        raise VonageStudioConfigError(f"{where}: extra 'end_call_webhook' is {raw!r}; expected true or false")
+    if value and not (callback_base_url and callback_secret):
+        needed = (("callback_base_url", callback_base_url), ("callback_secret", callback_secret))
+        missing = " and ".join(name for name, present in needed if not present)
+        raise VonageStudioConfigError(
+            f"{where}: extra 'end_call_webhook' is on but extra {missing} is not set: the agent's "
+            "End Call Event webhook posts to <callback_base_url>/calls/<token>/ended, with a token "
+            "signed with callback_secret"
+        )
+    return value
 
 
 def _extra_str(extra: Mapping[str, Any], name: str, where: str) -> str | None:
@@ -218,7 +261,7 @@ def connection_form_widgets() -> dict[str, Any]:
     """Extra fields of the connection form (Airflow 3.1 reads these; >= 3.2 reads conn-fields)."""
     from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
     from flask_babel import lazy_gettext
-    from wtforms import IntegerField, PasswordField, StringField
+    from wtforms import BooleanField, IntegerField, PasswordField, StringField
     from wtforms.validators import AnyOf, Optional
 
     # Airflow 3.1 accepts only String/Integer/Password/Boolean fields here (no select).
@@ -247,6 +290,7 @@ def connection_form_widgets() -> dict[str, Any]:
             lazy_gettext("Previous callback secrets"), widget=BS3PasswordFieldWidget()
         ),
         "timeout": StringField(lazy_gettext("Timeout (s)"), widget=BS3TextFieldWidget(), default="30"),
+        "end_call_webhook": BooleanField(lazy_gettext("End-call webhook (VS_CALL_TOKEN)"), default=False),
     }
 
 

@@ -9,6 +9,7 @@ and hands the dial to :meth:`DialingMixin._dial_recorded` (or ``_post_call`` wit
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from airflow_provider_vonage_studio.exceptions import (
     CallOutcomeUnknown,
     CallPlacedNotRecorded,
     CallStoreUnavailable,
+    InvalidSessionParameter,
     VonageStudioConfigError,
     VonageStudioError,
     VonageStudioRateLimited,
 )
+from airflow_provider_vonage_studio.hooks.connection import END_CALL_TOKEN_PARAMETER
 from airflow_provider_vonage_studio.hooks.http import MAKE_CALL_PATH, HttpMixin, _json, _Retry, parse_api_time
 from airflow_provider_vonage_studio.hooks.pacing import PacingMixin, _LedgerRow
 
@@ -192,6 +195,7 @@ class DialingMixin(PacingMixin, HttpMixin):
         from airflow_provider_vonage_studio.callbacks.tokens import elide_token
         from airflow_provider_vonage_studio.destinations import redact
 
+        body = self._with_end_call_token(body, call_ref, status_url)
         self.log.info(
             "Dialing %s from agent %s (call_ref=%s, status_url=%s)",
             redact(body["to"]),
@@ -212,6 +216,24 @@ class DialingMixin(PacingMixin, HttpMixin):
 
         resp = self._with_retries(attempt, what=f"make-call to {redact(body['to'])}")
         return (read or self._placed_result)(resp, body, call_ref, status_url)
+
+    def _with_end_call_token(
+        self, body: dict[str, Any], call_ref: str | None, status_url: str | None
+    ) -> dict[str, Any]:
+        """``body`` with the call's signed token as session parameter ``VS_CALL_TOKEN`` when the
+        connection's ``end_call_webhook`` is on (and the call has a ``call_ref``: a call without one
+        has no ledger row the webhook could confirm); else ``body`` unchanged.
+
+        The token is the one in ``status_url`` when that was signed for this call, so the agent
+        and the status callback present the same capability; otherwise a fresh one is signed.
+        The token is never logged: the body is not, and log lines elide it from URLs.
+        """
+        cfg = self.config
+        if not cfg.end_call_webhook or call_ref is None or not cfg.callback_secret:
+            return body
+        token = _token_for(call_ref, status_url, cfg.callback_secret)
+        params = [*body.get("session_parameters", ()), {"name": END_CALL_TOKEN_PARAMETER, "value": token}]
+        return {**body, "session_parameters": params}
 
     def _paced_attempt(
         self,
@@ -354,6 +376,13 @@ def call_body(
     agent_id = check_agent_id(agent_id)
     destination = normalize_destination(to, default_country=default_country)
     params = normalize_session_parameters(session_parameters, strict_names=strict_parameter_names)
+    if any(item.get("name") == END_CALL_TOKEN_PARAMETER for item in params or ()):
+        # Reserved whether or not the connection's end_call_webhook is on, so turning it on never
+        # changes what a DAG sends, and nobody can hand an agent a token of their choosing.
+        raise InvalidSessionParameter(
+            f"session_parameters: {END_CALL_TOKEN_PARAMETER!r} is reserved: the provider sets it to the "
+            "call's signed token when the connection's extra 'end_call_webhook' is on; rename the parameter"
+        )
     if hangup_on_answer_machine is not None and not isinstance(hangup_on_answer_machine, bool):
         raise VonageStudioConfigError(
             f"hangup_on_answer_machine must be true or false, got {hangup_on_answer_machine!r}"
@@ -368,6 +397,25 @@ def call_body(
     if params:
         body["session_parameters"] = params
     return body, status_url
+
+
+def _token_for(call_ref: str, status_url: str | None, secret: str) -> str:
+    """The token of ``status_url`` (``.../calls/<token>/status``) if it was signed with ``secret``
+    for ``call_ref``; else a fresh token for ``call_ref``."""
+    from airflow_provider_vonage_studio.signing import InvalidToken, sign_token, verify_token_details
+
+    match = _STATUS_TOKEN_RE.search(status_url or "")
+    if match is not None:
+        try:
+            if verify_token_details(match.group(1), secret).call_ref == call_ref:
+                return match.group(1)
+        except InvalidToken:
+            pass
+    return sign_token(call_ref, secret)
+
+
+# The token segment of a status URL the hook built (signing.build_status_url).
+_STATUS_TOKEN_RE = re.compile(r"/calls/([^/?#]+)/status/?$")
 
 
 def _normalized_numbers(numbers: Any, default_country: str | None) -> frozenset[str]:

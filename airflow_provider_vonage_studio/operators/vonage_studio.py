@@ -99,7 +99,10 @@ class MakeCallOperator(BaseOperator, CallingTask):
     Returns (XCom) a JSON-safe dict: ``session_id``, ``session_start_time`` (ISO-8601 UTC),
     ``call_ref``, ``agent_id`` and the redacted ``to``. With ``wait_for_status`` the same dict
     is pushed under the XCom key ``call`` as soon as the call is placed, and the return value
-    adds ``status`` (``"answered"`` or the reported failure).
+    adds ``status`` (``"answered"`` or the reported failure) and ``outcome_source`` (where it
+    came from: ``"end_call"``, ``"insights"``, ``"callback"`` or ``"inferred"``; see
+    docs/outcomes.md). With the connection's ``end_call_webhook`` on, an answered call ends the
+    wait as soon as its agent's end-call webhook arrives.
     """
 
     template_fields: Sequence[str] = (
@@ -247,21 +250,34 @@ class MakeCallOperator(BaseOperator, CallingTask):
                 log=self.log,
             ),
         )
-        self.log.info("Call %s ended: %s", call_ref, outcome.describe())
-        return {**call, "status": outcome.status}
+        self.log.info("Call %s ended: %s [source: %s]", call_ref, outcome.describe(), outcome.source)
+        return {**call, "status": outcome.status, "outcome_source": outcome.source}
 
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None, call: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Resume after the trigger: the placed call plus its ``status`` (never dials)."""
-        from airflow_provider_vonage_studio.outcome import record_verdict
+        """Resume after the trigger: the placed call plus its ``status`` and ``outcome_source``
+        (never dials)."""
+        from airflow_provider_vonage_studio.events import source_of
+        from airflow_provider_vonage_studio.outcome import record_verdict, source_of_verdict
+
+        carried = source_of(event)
 
         def on_verdict(call_ref: str, status: str) -> None:
-            record_verdict(lambda: self.hook.store, call_ref, status, log=self.log)
+            record_verdict(lambda: self.hook.store, call_ref, status, source=carried, log=self.log)
 
         payload = resume(event, "call_status", on_verdict=on_verdict)
-        self.log.info("Call %s ended: %s", payload["call_ref"], payload["call_status"])
-        return {**(call or {}), "status": payload["call_status"]}
+        source = carried
+        if source is None:
+            # A trigger whose event carries no source: the store says where the truth came from.
+            try:
+                source = source_of_verdict(
+                    self.hook.store.get_call(payload["call_ref"]), payload["call_status"]
+                )
+            except Exception as exc:  # informational: the status came with the event
+                self.log.warning("Could not read the source of the call's outcome: %s", type(exc).__name__)
+        self.log.info("Call %s ended: %s [source: %s]", payload["call_ref"], payload["call_status"], source)
+        return {**(call or {}), "status": payload["call_status"], "outcome_source": source}
 
     # -- calling window (MakeCallOperator) -------------------------------------------------------
 

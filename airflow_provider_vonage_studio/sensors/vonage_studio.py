@@ -11,7 +11,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_vonage_studio._compat import BaseSensorOperator, default_deferrable
-from airflow_provider_vonage_studio.events import fail_task, resume
+from airflow_provider_vonage_studio.calls import ANSWERED, OutcomeSource
+from airflow_provider_vonage_studio.events import fail_task, resume, source_of
 from airflow_provider_vonage_studio.exceptions import CallFailed, VonageStudioConfigError, VonageStudioError
 from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
@@ -22,6 +23,7 @@ from airflow_provider_vonage_studio.outcome import (
     normalize_fail_on,
     open_store,
     record_verdict,
+    source_of_verdict,
 )
 
 # Kept importable from here for one release (they moved to results.py, beside the triggers).
@@ -33,7 +35,11 @@ if TYPE_CHECKING:
 
     from airflow_provider_vonage_studio._compat import Context
 
+#: The XCom key under which :class:`CallStatusSensor` pushes where its status came from.
+OUTCOME_SOURCE_KEY = "outcome_source"
+
 __all__ = [
+    "OUTCOME_SOURCE_KEY",
     "CallStatusSensor",
     "check_call_result",
     "check_call_status",
@@ -128,12 +134,21 @@ class CallStatusSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer (:class:`CallStatusTrigger`) instead of a worker
         slot. Default: ``[operators] default_deferrable``.
     :param poke_interval: seconds between checks (default 5), in every mode.
+    :param require_confirmed: fail (without retries) rather than accept an ``answered`` that was
+        only *inferred* from silence; pass with ``answered`` confirmed by the agent's end-call
+        webhook (connection extra ``end_call_webhook``) or by Insights, and with any failure
+        status AI Studio reported. The webhook posts when the call *ends*, so ``answer_window``
+        must then cover the longest conversation (e.g. 15 minutes), or a long call fails as
+        unconfirmed. Default ``False``.
 
     Returns (and pushes to XCom) the final status: ``"answered"`` or the reported failure.
+    Where it came from is pushed as the XCom key ``outcome_source`` (:data:`OUTCOME_SOURCE_KEY`):
+    ``"end_call"``, ``"insights"``, ``"callback"`` or ``"inferred"``. The return value stays
+    the status string, so existing ``xcom_pull(task_ids=...)`` and branching keep working.
 
     :raises AirflowFailException: ``call_ref`` names no call in the store (never an endless
-        wait), the call was refused or its outcome is unknown since placement, or the status
-        is in ``fail_on``.
+        wait), the call was refused or its outcome is unknown since placement, the status
+        is in ``fail_on``, or (``require_confirmed``) ``answered`` was only inferred.
     """
 
     template_fields: Sequence[str] = ("call_ref",)
@@ -148,6 +163,7 @@ class CallStatusSensor(BaseSensorOperator):
         store_url: str | None = None,
         deferrable: bool | None = None,
         poke_interval: timedelta | float = 5,
+        require_confirmed: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)
@@ -157,6 +173,11 @@ class CallStatusSensor(BaseSensorOperator):
         self.fail_on = normalize_fail_on(fail_on)
         self.store_url = store_url
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
+        if not isinstance(require_confirmed, bool):
+            raise VonageStudioConfigError(
+                f"require_confirmed: must be True or False, got {require_confirmed!r}"
+            )
+        self.require_confirmed = require_confirmed
 
     def check(self) -> CallOutcome | None:
         """One check of :attr:`call_ref` (see :func:`check_call_status`)."""
@@ -175,8 +196,9 @@ class CallStatusSensor(BaseSensorOperator):
         if outcome is None:
             self.log.info("Call %s: no final status yet", resolve_call_ref(self.call_ref))
             return False
-        self.log.info("Call %s ended: %s", outcome.call_ref, outcome.describe())
-        return PokeReturnValue(is_done=True, xcom_value=outcome.status)
+        return PokeReturnValue(
+            is_done=True, xcom_value=self._finish(context, outcome.call_ref, outcome.status, outcome.source)
+        )
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -184,8 +206,7 @@ class CallStatusSensor(BaseSensorOperator):
         # A first check in the worker: a call that already ended needs no trip to the triggerer.
         outcome = self.check()
         if outcome is not None:
-            self.log.info("Call %s ended: %s", outcome.call_ref, outcome.describe())
-            return outcome.status
+            return self._finish(context, outcome.call_ref, outcome.status, outcome.source)
         from airflow_provider_vonage_studio.triggers.vonage_studio import CallStatusTrigger
 
         call_ref = resolve_call_ref(self.call_ref)
@@ -205,10 +226,51 @@ class CallStatusSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after :class:`CallStatusTrigger`: return its status or fail like :meth:`poke`."""
-        payload = resume(event, "call_status", on_verdict=self._record_verdict)
+        carried = source_of(event)
+
+        def on_verdict(call_ref: str, status: str) -> None:
+            record_verdict(self.store_url, call_ref, status, source=carried, log=self.log)
+
+        payload = resume(event, "call_status", on_verdict=on_verdict)
         status = payload["call_status"]
-        self.log.info("Call %s ended: %s (reported by the trigger)", payload["call_ref"], status)
+        source = carried or self._stored_source(payload["call_ref"], status)
+        self.log.info("Call %s: reported by the trigger", payload["call_ref"])
+        return self._finish(context, payload["call_ref"], status, source)
+
+    def _finish(self, context: Context, call_ref: str, status: str, source: str | None) -> str:
+        """Log the verdict, push its source (XCom key ``outcome_source``), apply
+        ``require_confirmed``; the status to return.
+
+        :raises AirflowFailException: ``require_confirmed`` and ``answered`` was only inferred.
+        """
+        self.log.info("Call %s ended: %s [source: %s]", call_ref, status, source or "unknown")
+        if self.require_confirmed and status == ANSWERED and source in (OutcomeSource.INFERRED.value, None):
+            raise fail_task(
+                VonageStudioError(
+                    f"call {call_ref}: 'answered' was only inferred (no failure report within the answer "
+                    f"window of {self.answer_window}), not confirmed by the agent's end-call webhook or "
+                    "Insights, and require_confirmed=True. Turn on the connection's extra "
+                    "'end_call_webhook' and configure the agent's End Call Event webhook "
+                    "(docs/outcomes.md), or make answer_window cover the longest call."
+                )
+            )
+        if source is not None:
+            ti = context.get("ti") if hasattr(context, "get") else None
+            if ti is not None:
+                ti.xcom_push(key=OUTCOME_SOURCE_KEY, value=source)
         return status
+
+    def _stored_source(self, call_ref: str, status: str) -> str | None:
+        """The source of ``call_ref``'s ``status`` as the store tells it (for an event from a
+        trigger that carries none); ``None`` when the store cannot be read."""
+        try:
+            record = open_store(self.store_url).get_call(call_ref)
+        except Exception as exc:  # informational: the status itself came with the event
+            self.log.warning(
+                "Could not read the source of call %s's outcome: %s", call_ref, type(exc).__name__
+            )
+            return None
+        return source_of_verdict(record, status)
 
     def _record_verdict(self, call_ref: str, status: str) -> None:
         record_verdict(self.store_url, call_ref, status, log=self.log)

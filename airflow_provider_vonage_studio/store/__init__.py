@@ -19,7 +19,8 @@ and 2.x). Two backends are supported:
 
 The store is a package of rooms, one per responsibility: :mod:`.schema` (tables, column types,
 migrations), :mod:`.engine` (engines, SQLite settings, transactions, fork safety),
-:mod:`.call_rows` (the ledger), :mod:`.statuses` (status callbacks), :mod:`.pacing` (slots and
+:mod:`.call_rows` (the ledger), :mod:`.statuses` (status callbacks), :mod:`.end_calls` (end-call
+webhooks), :mod:`.pacing` (slots and
 the send gate) and :mod:`.dnc` (the do-not-call list). :class:`CallStore` is composed of their
 parts (mixins over one :class:`~.engine.StoreBase`, so every part shares one engine, one write
 lock and one schema check, and callers keep one object with every method). Everything
@@ -49,6 +50,7 @@ from airflow_provider_vonage_studio.store.call_rows import _check_call_ref as _c
 from airflow_provider_vonage_studio.store.call_rows import _record_from_values as _record_from_values
 from airflow_provider_vonage_studio.store.changes import Change, ChangeCursor, Changes
 from airflow_provider_vonage_studio.store.dnc import DoNotCall
+from airflow_provider_vonage_studio.store.end_calls import EndCallOutcome, EndCalls
 from airflow_provider_vonage_studio.store.engine import _BEGIN_OPTION as _BEGIN_OPTION
 from airflow_provider_vonage_studio.store.engine import _create_engine as _create_engine
 from airflow_provider_vonage_studio.store.engine import _enable_wal as _enable_wal
@@ -121,6 +123,7 @@ __all__ = [
     "CallStore",
     "Change",
     "ChangeCursor",
+    "EndCallOutcome",
     "PacingState",
     "RecordOutcome",
     "StatusUpdate",
@@ -129,7 +132,7 @@ __all__ = [
 ]
 
 
-class CallStore(CallRows, Statuses, Pacing, DoNotCall, BatchResults, Changes, Messages):
+class CallStore(CallRows, Statuses, EndCalls, Pacing, DoNotCall, BatchResults, Changes, Messages):
     """Access to the call store at one SQLAlchemy URL (one engine and pool per instance).
 
     Tables are created on first use, idempotently and safely when many processes start at

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from airflow_provider_vonage_studio.calls import OUTCOME_VALUES, CallRecord, CallState
+from airflow_provider_vonage_studio.calls import OUTCOME_VALUES, CallRecord, CallState, OutcomeSource
 from airflow_provider_vonage_studio.exceptions import UnknownCall, VonageStudioConfigError
 from airflow_provider_vonage_studio.store.engine import StoreBase
 from airflow_provider_vonage_studio.store.errors import CallStateConflict
@@ -178,63 +178,74 @@ class CallRows(StoreBase):
             where=None if expected is None else calls_table.c.updated_at == expected.updated_at,
         )
 
-    def record_outcome(self, call_ref: str, outcome: str) -> None:
+    def record_outcome(self, call_ref: str, outcome: str, *, source: str | None = None) -> None:
         """Store the final verdict a waiting task reported for the call (``answered`` or a failure
-        status), with ``outcome_at`` = now.
+        status), with ``outcome_at`` = now and, when given, ``outcome_source`` = ``source`` (a
+        :class:`~airflow_provider_vonage_studio.calls.OutcomeSource` value: where the truth came
+        from; ``None`` keeps whatever the row says, e.g. ``callback`` set with its status).
 
         The first verdict wins: a call that already has one keeps it (two sensors watching one
         call, a task retried after its verdict was stored). ``updated_at`` is left alone: the
         ledger's compare-and-set steps key on it, and a verdict is not a change of the dial.
 
-        :raises VonageStudioConfigError: ``outcome`` is not one of :data:`OUTCOME_VALUES`.
+        :raises VonageStudioConfigError: ``outcome`` is not one of :data:`OUTCOME_VALUES`, or
+            ``source`` not an ``OutcomeSource`` value.
         :raises UnknownCall: there is no such call.
         """
         if outcome not in OUTCOME_VALUES:
             raise VonageStudioConfigError(
                 f"outcome: expected one of {', '.join(OUTCOME_VALUES)}, got {outcome!r}"
             )
+        _check_source(source)
         t = calls_table
         with self._transaction(write=True) as conn:
             # "outcome IS NULL" in the UPDATE itself: of two racing writers only one matches.
             if conn.execute(
                 t.update()
                 .where(t.c.call_ref == call_ref, t.c.outcome.is_(None))
-                .values(outcome=outcome, outcome_at=_utcnow())
+                .values(outcome=outcome, outcome_at=_utcnow(), **_source_values(source))
             ).rowcount:
                 return
             exists = conn.execute(sa.select(t.c.call_ref).where(t.c.call_ref == call_ref)).first()
         if exists is None:
             raise UnknownCall(f"call_ref {call_ref!r}: no such call in the call store")
 
-    def record_outcomes(self, outcomes: Mapping[str, str]) -> int:
+    def record_outcomes(
+        self, outcomes: Mapping[str, str], *, source: str | Mapping[str, str] | None = None
+    ) -> int:
         """:meth:`record_outcome` for many calls in one write transaction (a batch's verdicts).
 
+        ``source`` is one :class:`~airflow_provider_vonage_studio.calls.OutcomeSource` value for
+        all of them, or a mapping call_ref → value (a call missing from it keeps its row's).
         Calls that already have a verdict keep it; unknown call refs are skipped. Returns
         how many verdicts were written.
 
         :raises VonageStudioConfigError: before anything is written, for a value not in
-            :data:`OUTCOME_VALUES`.
+            :data:`OUTCOME_VALUES` or a source that is not an ``OutcomeSource`` value.
         """
         bad = sorted({value for value in outcomes.values() if value not in OUTCOME_VALUES})
         if bad:
             raise VonageStudioConfigError(
                 f"outcome: expected one of {', '.join(OUTCOME_VALUES)}, got {bad!r}"
             )
+        sources = source if isinstance(source, Mapping) else dict.fromkeys(outcomes, source)
+        for value in set(sources.values()):
+            _check_source(value)
         if not outcomes:
             return 0
         t = calls_table
         now = _utcnow()
         written = 0
-        by_value: dict[str, list[str]] = {}
+        groups: dict[tuple[str, str], list[str]] = {}
         for ref, value in outcomes.items():
-            by_value.setdefault(value, []).append(ref)
+            groups.setdefault((value, sources.get(ref) or ""), []).append(ref)
         with self._transaction(write=True) as conn:
-            for value, refs in sorted(by_value.items()):
+            for (value, origin), refs in sorted(groups.items()):
                 for chunk in _chunks(sorted(refs)):
                     written += conn.execute(
                         t.update()
                         .where(t.c.call_ref.in_(chunk), t.c.outcome.is_(None))
-                        .values(outcome=value, outcome_at=now)
+                        .values(outcome=value, outcome_at=now, **_source_values(origin or None))
                     ).rowcount
         return written
 
@@ -346,6 +357,20 @@ class CallRows(StoreBase):
         with self._transaction(write=False) as conn:
             rows = conn.execute(query.order_by(t.c.created_at, t.c.call_ref)).all()
         return [_record_from_values(row._mapping) for row in rows]
+
+
+_SOURCES = tuple(item.value for item in OutcomeSource)
+
+
+def _check_source(source: str | None) -> None:
+    """Raise :class:`VonageStudioConfigError` for a ``source`` that is not an ``OutcomeSource`` value."""
+    if source is not None and source not in _SOURCES:
+        raise VonageStudioConfigError(f"source: expected one of {', '.join(_SOURCES)}, got {source!r}")
+
+
+def _source_values(source: str | None) -> dict[str, str]:
+    """The UPDATE values that set ``outcome_source`` (none: the row keeps its own)."""
+    return {} if source is None else {"outcome_source": str(source)}
 
 
 def _check_call_ref(call_ref: str) -> None:

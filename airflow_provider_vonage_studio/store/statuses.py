@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from airflow_provider_vonage_studio.calls import CallState, RecordOutcome
+from airflow_provider_vonage_studio.calls import CallState, OutcomeSource, RecordOutcome
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
 from airflow_provider_vonage_studio.store.engine import StoreBase
 from airflow_provider_vonage_studio.store.errors import _StatusBatchRaced
@@ -251,16 +251,19 @@ def _lock_calls(conn: Connection, refs: set[str]) -> _LockedCalls:
                 calls.c.status,
                 calls.c.state,
                 calls.c.session_start_time,
+                calls.c.outcome_source,
             )
             .where(calls.c.call_ref.in_(chunk))
             .order_by(calls.c.call_ref)
             .with_for_update()
         )
-        for ref, destination, status, state, session_start_time in rows:
+        for ref, destination, status, state, session_start_time, source in rows:
             found.destinations[ref] = destination
             found.states[ref] = state
             found.started[ref] = session_start_time
-            if status is not None:
+            # A call its agent confirmed answered (end-call webhook) counts as one that has its
+            # status: a failure callback after that goes to the history only (one truth per call).
+            if status is not None or source == OutcomeSource.END_CALL.value:
                 found.has_status.add(ref)
     return found
 
@@ -411,6 +414,11 @@ def _set_first_statuses(
             status_at=sa.bindparam("new_status_at"),
             conversation_uuid=sa.bindparam("new_uuid"),
             callback_payload=sa.bindparam("new_payload", type_=_JSONText()),
+            # Where the truth came from: AI Studio's callback, unless a waiting task already
+            # stored a verdict (with its own source) before this late callback arrived.
+            outcome_source=sa.case(
+                (calls.c.outcome.is_(None), OutcomeSource.CALLBACK.value), else_=calls.c.outcome_source
+            ),
             updated_at=now,
         )
     )

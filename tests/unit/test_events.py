@@ -85,7 +85,11 @@ def test_success_for_an_answered_call(store: CallStore, store_url: str) -> None:
     assert store.get_call("vs-ok").outcome == ANSWERED  # type: ignore[union-attr]
     operator = MakeCallOperator(task_id="m", to=NUMBER, agent_id=AGENT)
     call = {"call_ref": "vs-ok", "session_id": "session-vs-ok"}
-    assert operator.execute_complete({}, event, call=call) == {**call, "status": ANSWERED}
+    assert operator.execute_complete({}, event, call=call) == {
+        **call,
+        "status": ANSWERED,
+        "outcome_source": "inferred",
+    }
 
 
 def test_status_in_fail_on_is_a_final_failure_with_its_verdict(store: CallStore, store_url: str) -> None:
