@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_vonage_studio.calls import TaskIdentity
 from airflow_provider_vonage_studio.campaign import (
     REFUSED,
     UNKNOWN,
@@ -282,7 +283,7 @@ class CampaignTask:
                 session_parameters=[{"name": k, "value": v} for k, v in parameters.items()] or None,
                 status_url=waves.hook.status_url_for(ref),
                 call_ref=ref,
-                identity=waves.identity(message=True),
+                identity=waves.task_identity(),
                 recipient_key=recipient.key,
                 extra_do_not_call=waves.dialer(1).do_not_call,
                 **fallback.message_options(),
@@ -359,11 +360,10 @@ class _Waves:
         self._listed: set[str] | None = None
         self._cache: dict[int, list[Attempt]] | None = None
 
-    def identity(self, attempt: int = 1, *, message: bool = False) -> AttemptIdentity:
+    def task_identity(self) -> TaskIdentity:
+        """The task instance itself (the message's ledger row names it; its call_ref is given)."""
         base = self.dialer_for(1, False).task
-        return AttemptIdentity(
-            base.dag_id, base.run_id, base.task_id, base.map_index, attempt=attempt, message=message
-        )
+        return TaskIdentity(base.dag_id, base.run_id, base.task_id, base.map_index)
 
     def dialer_for(self, attempt: int, message: bool) -> BatchDialer:
         key = (attempt, message)
