@@ -306,15 +306,7 @@ class MessagingMixin(DialingMixin):
         if identity is not None and not isinstance(identity, TaskIdentity):
             raise VonageStudioConfigError(f"identity: expected a TaskIdentity, got {type(identity).__name__}")
         self.config  # noqa: B018 -- a broken connection fails here, before the ledger is touched
-        if "status_url" not in body:
-            built = None if call_ref is None else self.message_status_url_for(call_ref)
-            if built is None:
-                raise VonageStudioConfigError(
-                    "status_url: AI Studio requires one for every message; pass status_url, or set "
-                    "extras 'callback_base_url' and 'callback_secret' on the connection (and a "
-                    "call_ref) so the hook builds a signed one"
-                )
-            body["status_url"] = built
+        self._add_status_url(body, call_ref)
         if call_ref is None:
             self._check_do_not_call(body["to"], extra_do_not_call, default_country)
             return self._post_message(body, None)
@@ -327,6 +319,22 @@ class MessagingMixin(DialingMixin):
             extra_do_not_call=extra_do_not_call,
             default_country=default_country,
         )
+
+    def _add_status_url(self, body: dict[str, Any], call_ref: str | None) -> None:
+        """Give ``body`` a signed ``status_url`` for ``call_ref`` unless it has one.
+
+        :raises VonageStudioConfigError: naming ``status_url``, when none can be built (no
+            ``call_ref``, or the connection lacks ``callback_base_url``/``callback_secret``).
+        """
+        if "status_url" not in body:
+            built = None if call_ref is None else self.message_status_url_for(call_ref)
+            if built is None:
+                raise VonageStudioConfigError(
+                    "status_url: AI Studio requires one for every message; pass status_url, or set "
+                    "extras 'callback_base_url' and 'callback_secret' on the connection (and a "
+                    "call_ref) so the hook builds a signed one"
+                )
+            body["status_url"] = built
 
     def _send_recorded_message(
         self,

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from airflow_provider_vonage_studio.calls import CallRecord, CallState, RecordOutcome
@@ -148,7 +149,7 @@ class Messages(StoreBase):
         if len(session) > _UUID_MAX:
             raise VonageStudioConfigError(f"session_id: must be at most {_UUID_MAX} characters")
         now = _utcnow() if now is None else _as_utc(now)
-        t, events = calls_table, status_events_table
+        t = calls_table
         with self._transaction(write=True) as conn:
             # Locked (PostgreSQL; SQLite's BEGIN IMMEDIATE excludes other writers): the history
             # count and the duplicate check below stay true until the commit.
@@ -160,29 +161,7 @@ class Messages(StoreBase):
             refused = _refusal(row, update, max_age, destination_matches, now)
             if refused is not None:
                 return refused
-            stored = conn.execute(
-                sa.select(events.c.status, events.c.conversation_uuid).where(
-                    events.c.call_ref == update.call_ref
-                )
-            ).all()
-            if any((s, u or "") == (update.status, session) for s, u in stored):
-                return RecordOutcome.DUPLICATE
-            if len(stored) >= max_history:
-                return RecordOutcome.HISTORY_FULL
-            inserted = conn.execute(
-                _insert_ignoring_conflicts(conn, events),
-                {
-                    "call_ref": update.call_ref,
-                    "status": update.status,
-                    # The history's dedupe key: a message's session id stands where a call's
-                    # conversation_uuid does.
-                    "conversation_uuid": session,
-                    "event_timestamp": update.timestamp,
-                    "payload": update.payload,
-                    "received_at": now,
-                },
-            )
-        return RecordOutcome.RECORDED if _inserted(inserted) else RecordOutcome.DUPLICATE
+            return _add_to_history(conn, update, session, max_history, now)
 
     def message_status(self, call_ref: str) -> str | None:
         """The latest status a message's agent reported (``None``: none yet, or no such message)."""
@@ -221,3 +200,32 @@ def _refusal(
         if not same:
             return RecordOutcome.MISMATCH
     return None
+
+
+def _add_to_history(
+    conn: Connection, update: MessageStatus, session: str, max_history: int, now: datetime
+) -> RecordOutcome:
+    """Add ``update`` to its message's history (the row is locked): ``DUPLICATE`` for a status
+    stored already, ``HISTORY_FULL`` at the cap, else ``RECORDED``."""
+    events = status_events_table
+    stored = conn.execute(
+        sa.select(events.c.status, events.c.conversation_uuid).where(events.c.call_ref == update.call_ref)
+    ).all()
+    if any((s, u or "") == (update.status, session) for s, u in stored):
+        return RecordOutcome.DUPLICATE
+    if len(stored) >= max_history:
+        return RecordOutcome.HISTORY_FULL
+    inserted = conn.execute(
+        _insert_ignoring_conflicts(conn, events),
+        {
+            "call_ref": update.call_ref,
+            "status": update.status,
+            # The history's dedupe key: a message's session id stands where a call's
+            # conversation_uuid does.
+            "conversation_uuid": session,
+            "event_timestamp": update.timestamp,
+            "payload": update.payload,
+            "received_at": now,
+        },
+    )
+    return RecordOutcome.RECORDED if _inserted(inserted) else RecordOutcome.DUPLICATE
