@@ -95,6 +95,8 @@ class Demo(AirflowProcesses):
         default_factory=lambda: os.environ.get(SECRET_ENV) or secrets.token_urlsafe(24)
     )
     emulator_url: str = ""
+    #: The example DAG the demo runs (``reminder_campaign`` with ``--campaign``).
+    dag_id: str = DAG_ID
 
     def __post_init__(self) -> None:
         self.console.add_secret(self.api_key)
@@ -204,12 +206,12 @@ class Demo(AirflowProcesses):
 
         def parsed() -> bool:
             errors = self.api("GET", "/api/v2/importErrors").json().get("import_errors", [])
-            ours = [e for e in errors if e.get("filename", "").endswith(f"{DAG_ID}.py")]
+            ours = [e for e in errors if e.get("filename", "").endswith(f"{self.dag_id}.py")]
             if ours:
-                raise DemoError(f"{DAG_ID}.py failed to import:\n{ours[0].get('stack_trace', '')}")
-            return self.api("GET", f"/api/v2/dags/{DAG_ID}").status_code == 200
+                raise DemoError(f"{self.dag_id}.py failed to import:\n{ours[0].get('stack_trace', '')}")
+            return self.api("GET", f"/api/v2/dags/{self.dag_id}").status_code == 200
 
-        self.wait_until(f"the DAG processor to parse {DAG_ID}", parsed, timeout=self.startup_timeout)
+        self.wait_until(f"the DAG processor to parse {self.dag_id}", parsed, timeout=self.startup_timeout)
 
     def trigger(self) -> str:
         """Unpause the DAG and trigger one run; return its run id."""
@@ -217,7 +219,7 @@ class Demo(AirflowProcesses):
         run_id = f"demo__{now:%Y%m%dT%H%M%S}"
         # A logical date, so that the DAG's {{ ds }} templates render.
         body = {"dag_run_id": run_id, "logical_date": now.isoformat(), "note": "triggered by make demo"}
-        self.trigger_run(DAG_ID, body)
+        self.trigger_run(self.dag_id, body)
         return run_id
 
     def follow(self, run_id: str) -> str:
@@ -233,7 +235,7 @@ class Demo(AirflowProcesses):
         }
 
         def finished() -> str | None:
-            tis = self.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()
+            tis = self.api("GET", f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances").json()
             for ti in sorted(tis.get("task_instances", []), key=lambda t: t.get("start_date") or "~"):
                 task_id, state = ti["task_id"], ti.get("state")
                 if state is None or seen.get(task_id) == state:
@@ -245,14 +247,15 @@ class Demo(AirflowProcesses):
                 phase = f"{state} again" if again else state
                 note = explain.get((task_id, phase))
                 self.console.step(f"  task {task_id}: {state}" + (f" -- {note}" if note else ""))
-            return self.run_state(DAG_ID, run_id)
+            return self.run_state(self.dag_id, run_id)
 
         return str(self.wait_until(f"run {run_id} to finish", finished, timeout=self.run_timeout))
 
     def xcom(self, run_id: str, task_id: str) -> Any:
         """The return value of ``task_id`` in ``run_id`` (None when there is none)."""
         response = self.api(
-            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+            "GET",
+            f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
         )
         if response.status_code != 200:
             return None
@@ -280,7 +283,7 @@ class Demo(AirflowProcesses):
         """
         from urllib.parse import quote, urlencode
 
-        view = f"/vonage-studio/outcomes?{urlencode({'dag_id': DAG_ID, 'run_id': run_id})}"
+        view = f"/vonage-studio/outcomes?{urlencode({'dag_id': self.dag_id, 'run_id': run_id})}"
         link = f"{self.api_url}/auth/token/login?next={quote(view, safe='')}"
         login = self.http.get(link, allow_redirects=False, timeout=30)
         cookie = login.cookies.get("_token")
@@ -307,7 +310,7 @@ class Demo(AirflowProcesses):
         self.bring_up()
         say = self.console.step
         run_id = self.trigger()
-        say(f"unpaused {DAG_ID} and triggered run {run_id}; answer window {ANSWER_WINDOW:g}s")
+        say(f"unpaused {self.dag_id} and triggered run {run_id}; answer window {ANSWER_WINDOW:g}s")
         try:
             state = self.follow(run_id)
         except DemoError:
@@ -326,15 +329,13 @@ class Demo(AirflowProcesses):
         return 0 if ok else 1
 
     def bring_up(self) -> None:
-        """The emulator, the metadata database and Airflow, until reminder_calls is parsed."""
-        from airflow_provider_vonage_studio.destinations import redact
-
+        """The emulator, the metadata database and Airflow, until the DAG is parsed."""
         say = self.console.step
-        say(f"Vonage AI Studio demo: the {DAG_ID} DAG in a real Airflow 3, against the AI Studio emulator")
+        say(f"Vonage AI Studio demo: the {self.dag_id} DAG in a real Airflow 3, against the emulator")
         say(f"temporary AIRFLOW_HOME: {self.home}")
 
         self.start_emulator()
-        script = ", ".join(f"{redact(to)} {outcome}" for to, outcome in SCRIPT.items())
+        script = self.describe_script()
         say(f"emulator listening on {self.emulator_url} (agent {AGENT_ID}, 1 call/s); scripted: {script}")
 
         self.api_port = free_port()
@@ -359,7 +360,13 @@ class Demo(AirflowProcesses):
             f"receiver answers at {self.api_url}/vonage-studio"
         )
         self.wait_for_dag()
-        say(f"DAG {DAG_ID} parsed from {repo_dags()}")
+        say(f"DAG {self.dag_id} parsed from {repo_dags()}")
+
+    def describe_script(self) -> str:
+        """The emulator's script, one ``<redacted number> <outcome>`` per recipient."""
+        from airflow_provider_vonage_studio.destinations import redact
+
+        return ", ".join(f"{redact(to)} {outcome}" for to, outcome in SCRIPT.items())
 
     def report(self, run_id: str, state: str) -> bool:
         """Print the table and what the emulator and the outcome view saw; True when all is as scripted."""
@@ -385,7 +392,7 @@ class Demo(AirflowProcesses):
     def _show_task_logs(self) -> None:
         """Print (scrubbed) task log tails of this DAG, to tell why a run failed."""
         for path in sorted((self.home / "logs").rglob("*")):
-            if path.is_file() and f"dag_id={DAG_ID}" in str(path):
+            if path.is_file() and f"dag_id={self.dag_id}" in str(path):
                 self.console.raw(f"----- {path.relative_to(self.home)} -----")
                 lines = path.read_text(errors="replace").splitlines()
                 self.console.raw("\n".join(lines[-30:]))
@@ -444,6 +451,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for Airflow to come up")
     parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds for the DAG run to finish")
+    parser.add_argument(
+        "--campaign",
+        action="store_true",
+        help="run the reminder_campaign example instead (attempt waves seconds apart, then a WhatsApp "
+        "message to whoever was never reached) and print each recipient's attempts",
+    )
     return parser
 
 
@@ -451,7 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the process exit status (0 only if every outcome matched)."""
     args = _parser().parse_args(argv)
     console = Console()
-    demo = Demo(
+    demo_class = Demo
+    if args.campaign:
+        from airflow_provider_vonage_studio.testing.demo_campaign import CampaignDemo
+
+        demo_class = CampaignDemo
+    demo = demo_class(
         console,
         keep=args.keep,
         database=args.database,
@@ -479,7 +497,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             demo.shutdown()
             demo.cleanup_home()
-    if status == 0:
+    if status == 0 and args.campaign:
+        console.step(
+            "demo OK: every recipient's calls, disposition and messages as scripted; all processes stopped"
+        )
+    elif status == 0:
         console.step(
             f"demo OK: every outcome as the emulator scripted ({len(SCRIPT)} calls); all processes stopped"
         )

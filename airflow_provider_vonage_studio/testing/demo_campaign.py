@@ -1,0 +1,214 @@
+"""``make demo ARGS=--campaign``: the ``reminder_campaign`` example in a real Airflow 3 against the emulator.
+
+The same steps as ``make demo`` (:mod:`~airflow_provider_vonage_studio.testing.demo`), with the
+campaign's scenario: the emulator scripts each recipient per attempt (busy, busy, answered;
+never reached; answered at once), the waves are a few seconds apart instead of an hour, and
+the report prints each recipient's attempts, disposition, and the calls and messages the
+emulator received. While the campaign task waits between waves it must be ``deferred`` with
+no task process running for it: the demo checks that on every wait it sees.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_vonage_studio.testing.demo import Demo
+from airflow_provider_vonage_studio.testing.demo_scenario import AGENT_ID, CALLBACK_DELAY
+
+__all__ = [
+    "CAMPAIGN_DAG_ID",
+    "CAMPAIGN_SCRIPT",
+    "EXPECTED",
+    "CampaignDemo",
+    "DeferralCheck",
+    "task_processes",
+]
+
+CAMPAIGN_DAG_ID = "reminder_campaign"
+CAMPAIGN_TASK = "call_customers"
+MESSAGE_AGENT_ID = "agent-messages"
+#: Each recipient's outcome per attempt (the last repeats), by the number as the provider
+#: sends it. Keep in step with the DAG's list.
+CAMPAIGN_SCRIPT: dict[str, list[str]] = {
+    "447700900123": ["busy", "busy", "answered"],
+    "12125550100": ["busy", "timeout", "busy"],
+    "447700900456": ["answered"],
+}
+#: The DAG's keys, by number.
+KEYS = {"447700900123": "appt-1001", "12125550100": "appt-1002", "447700900456": "appt-1003"}
+#: What the campaign must end with per number: calls received, disposition, messages received.
+EXPECTED: dict[str, tuple[int, str, int]] = {
+    "447700900123": (3, "reached", 0),
+    "12125550100": (3, "not_reached", 1),
+    "447700900456": (1, "reached", 0),
+}
+#: Seconds between waves (an hour in the DAG) and without a failure report before "answered".
+SPACING = 5.0
+ANSWER_WINDOW = 3.0
+POKE_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class DeferralCheck:
+    """What the demo saw once while the campaign task was ``deferred``: the task instance's id
+    and the processes running it (none, when no worker slot is held)."""
+
+    ti_id: str
+    processes: tuple[int, ...]
+
+
+def task_processes(ti_id: str, proc: Path = Path("/proc")) -> list[int]:
+    """Processes running task instance ``ti_id``: Airflow's task runner titles itself
+    ``airflow worker -- <ti id>``."""
+    wanted = f"airflow worker -- {ti_id}"
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if wanted in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class CampaignDemo(Demo):
+    """``Demo`` with the campaign's DAG, script, settings, follow-up and report."""
+
+    dag_id: str = CAMPAIGN_DAG_ID
+    deferrals: list[DeferralCheck] = field(default_factory=list)
+
+    def start_emulator(self) -> None:
+        """The emulator with the voice and the messaging agent and the per-attempt script."""
+        from airflow_provider_vonage_studio.testing.emulator import KEYS_ENV
+
+        cmd = [sys.executable, "-m", "airflow_provider_vonage_studio.testing.emulator", "--port", "0"]
+        cmd += ["--agent", AGENT_ID, "--agent", MESSAGE_AGENT_ID, "--calls-per-second", "1"]
+        cmd += ["--callback-delay", str(CALLBACK_DELAY)]
+        for to, outcomes in CAMPAIGN_SCRIPT.items():
+            cmd += ["--script", f"{to}={','.join(outcomes)}"]
+        component = self.start("emulator", cmd, {**os.environ, KEYS_ENV: self.api_key})
+
+        def url() -> str | None:
+            for line in component.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("emulator listening on "):
+                    return line.rsplit(" ", 1)[1].strip()
+            return None
+
+        self.emulator_url = self.wait_until("the emulator to listen", url, timeout=60, interval=0.2)
+
+    def airflow_env(self) -> dict[str, str]:
+        return {
+            **super().airflow_env(),
+            "VONAGE_STUDIO_CAMPAIGN_MESSAGE_AGENT_ID": MESSAGE_AGENT_ID,
+            "VONAGE_STUDIO_CAMPAIGN_SPACING": str(SPACING),
+            # The demo runs at any hour: a window open all day but the last minute.
+            "VONAGE_STUDIO_CAMPAIGN_CALLING_WINDOW": "00:00-23:59",
+            "VONAGE_STUDIO_DEMO_ANSWER_WINDOW": str(ANSWER_WINDOW),
+            "VONAGE_STUDIO_DEMO_POKE_INTERVAL": str(POKE_INTERVAL),
+        }
+
+    def describe_script(self) -> str:
+        from airflow_provider_vonage_studio.destinations import redact
+
+        script = "; ".join(f"{redact(to)} {', '.join(o)}" for to, o in CAMPAIGN_SCRIPT.items())
+        return f"{script} (waves {SPACING:g}s apart)"
+
+    def follow(self, run_id: str) -> str:
+        """Print each task's state changes until the run finishes; while the campaign task is
+        deferred, check that no process runs it."""
+        seen: dict[str, str] = {}
+
+        def finished() -> str | None:
+            tis = self.api("GET", f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances").json()
+            for ti in tis.get("task_instances", []):
+                task_id, state = ti["task_id"], ti.get("state")
+                if state == "deferred" and task_id == CAMPAIGN_TASK:
+                    self._check_deferred(str(ti.get("id")), task_id, seen.get(task_id) != state)
+                if state is None or seen.get(task_id) == state:
+                    continue
+                seen[task_id] = state
+                if state != "deferred":
+                    self.console.step(f"  task {task_id}: {state}")
+            return self.run_state(self.dag_id, run_id)
+
+        return str(
+            self.wait_until(f"run {run_id} to finish", finished, timeout=self.run_timeout, interval=0.5)
+        )
+
+    def _check_deferred(self, ti_id: str, task_id: str, new: bool) -> None:
+        processes = tuple(task_processes(ti_id))
+        self.deferrals.append(DeferralCheck(ti_id, processes))
+        if new:
+            held = f"{len(processes)} task process(es) running it" if processes else "no task process runs it"
+            self.console.step(f"  task {task_id}: deferred -- waiting in the triggerer, {held}")
+
+    def report(self, run_id: str, state: str) -> bool:
+        """The per-recipient table; True when the run matches :data:`EXPECTED` and every wait
+        seen was deferred without a task process."""
+        results = self.xcom(run_id, CAMPAIGN_TASK) or []
+        calls = Counter(str(c.get("to")) for c in self.emulator_state("calls"))
+        messages = Counter(str(m.get("to")) for m in self.emulator_state("messages"))
+        rows = campaign_rows(results, calls, messages)
+        print_campaign(self.console, rows)
+        summary = self.xcom(run_id, "summary")
+        if summary is not None:
+            self.console.step(f"summary: {summary}")
+        clean = bool(self.deferrals) and all(not d.processes for d in self.deferrals)
+        self.console.step(
+            f"the campaign task was seen deferred {len(self.deferrals)} time(s); "
+            + ("never with a task process running it" if clean else "NOT always without a task process")
+        )
+        return state == "success" and clean and all(row["ok"] for row in rows)
+
+
+def campaign_rows(
+    results: Sequence[Mapping[str, Any]], calls: Mapping[str, int], messages: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """One row per scripted number: attempts and disposition from the task, calls and messages
+    from the emulator, and whether all match :data:`EXPECTED`."""
+    by_key = {str(r.get("key")): r for r in results}
+    rows = []
+    for to, (want_calls, want_disposition, want_messages) in EXPECTED.items():
+        result = by_key.get(KEYS[to], {})
+        attempts = [str(a.get("outcome")) for a in result.get("attempts") or []]
+        disposition = result.get("disposition")
+        got = (calls.get(to, 0), disposition, messages.get(to, 0))
+        rows.append(
+            {
+                "key": KEYS[to],
+                "to": to,
+                "attempts": attempts,
+                "disposition": disposition,
+                "calls": got[0],
+                "messages": got[2],
+                "ok": got == (want_calls, want_disposition, want_messages),
+            }
+        )
+    return rows
+
+
+def print_campaign(console: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The campaign's table: one line per recipient, numbers redacted."""
+    from airflow_provider_vonage_studio.destinations import redact
+
+    console.raw()
+    header = f"{'recipient':<10} {'number':<14} {'attempts':<32} {'disposition':<12} calls messages  ok"
+    console.raw(header)
+    console.raw("-" * len(header))
+    for row in rows:
+        attempts = " > ".join(row["attempts"]) or "-"
+        console.raw(
+            f"{row['key']:<10} {redact(row['to']):<14} {attempts:<32} {row['disposition'] or '-':<12} "
+            f"{row['calls']:>5} {row['messages']:>8}  {'yes' if row['ok'] else 'NO'}"
+        )
+    console.raw()
