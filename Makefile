@@ -31,7 +31,7 @@ CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 APT_GET ?= apt-get
 
-.PHONY: venv demo test test-matrix matrix-venvs matrix-targets lint format typecheck pytest browser bench constraints clean
+.PHONY: venv demo demo-campaign test test-matrix matrix-venvs matrix-targets lint format typecheck pytest browser bench constraints clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# ARGS passes options to the demo, e.g. `make demo ARGS=--campaign` (the reminder campaign:
+# attempt waves seconds apart, then WhatsApp to whoever was never reached).
 demo: $(STAMP)
-	$(PY) -m airflow_provider_vonage_studio.testing.demo
+	$(PY) -m airflow_provider_vonage_studio.testing.demo $(ARGS)
+
+demo-campaign: $(STAMP)
+	$(PY) -m airflow_provider_vonage_studio.testing.demo --campaign $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
