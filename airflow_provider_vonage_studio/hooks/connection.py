@@ -168,8 +168,10 @@ def _end_call_webhook(
     :raises VonageStudioConfigError: for a value that is not true/false, or ``true`` without
         ``callback_base_url`` (where the agent posts) and ``callback_secret`` (what signs the token).
     """
-    raw = extra.get("end_call_webhook", False)
-    if isinstance(raw, bool):
+    raw = extra.get("end_call_webhook")
+    if raw is None:  # absent, or null in the JSON form
+        value = False
+    elif isinstance(raw, bool):
         value = raw
     elif isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
         value = raw.strip().lower() in _TRUE
