@@ -6,6 +6,8 @@
     vonage-studio dnc add NUMBER [--reason TEXT] [--default-country GB]
     vonage-studio dnc remove NUMBER [--default-country GB]
     vonage-studio dnc list [--show-numbers] [--output table|json]
+    vonage-studio calls results --dag-id ID --run-id ID [--task-id ID] [--map-index N]
+                                [--show-numbers] [--output table|json] [--offset N] [--limit N]
 
 The ``vonage-studio`` console script (:func:`main`) works on every supported Airflow. On
 Airflow 3.2 and later the same commands also appear as ``airflow vonage-studio ...``
@@ -23,6 +25,11 @@ the Internet and has no Airflow login in front of it.
 number. Numbers are normalised like every destination (``+44 7700 900123`` and
 ``447700900123`` are the same entry) and printed redacted unless ``--show-numbers``.
 
+``calls results`` prints the per-recipient results a ``MakeCallsOperator`` batch stored for a
+DAG run (what its XCom summary refers to when the batch was too big for the full list):
+counts per task instance, then one line (or JSON object) per recipient, numbers redacted
+unless ``--show-numbers``. ``--limit 0`` prints the counts only.
+
 Airflow imports this module to build its CLI parser on every ``airflow`` command, so it
 imports nothing heavy at top level; each command imports what it needs.
 """
@@ -38,7 +45,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from airflow.cli.cli_config import GroupCommand
 
-__all__ = ["build_parser", "callbacks_serve", "dnc_add", "dnc_list", "dnc_remove", "get_cli_commands", "main"]
+__all__ = [
+    "build_parser",
+    "callbacks_serve",
+    "calls_results",
+    "dnc_add",
+    "dnc_list",
+    "dnc_remove",
+    "get_cli_commands",
+    "main",
+]
 
 PROG = "vonage-studio"
 DEFAULT_HOST = "127.0.0.1"
@@ -114,7 +130,31 @@ def _commands() -> tuple[_Group, ...]:
         ("-o", "--output"),
         {"help": "Output format (default table)", "default": "table", "choices": ["table", "json"]},
     )
+    dag_id = _Arg(("--dag-id",), {"help": "DAG id of the run", "required": True})
+    run_id = _Arg(("--run-id",), {"help": "Run id of the DAG run", "required": True})
+    task_id = _Arg(("--task-id",), {"help": "Only this MakeCallsOperator task"})
+    map_index = _Arg(("--map-index",), {"help": "Only this map index (-1: not mapped)", "type": int})
+    offset = _Arg(("--offset",), {"help": "Skip this many results (default 0)", "type": int, "default": 0})
+    limit = _Arg(
+        ("--limit",),
+        {"help": "Print at most this many results (default: all; 0: counts only)", "type": int},
+    )
     return (
+        _Group(
+            "calls",
+            "Results of calls placed by the provider",
+            (
+                _Action(
+                    "results",
+                    "Per-recipient results of a run's MakeCallsOperator batches",
+                    calls_results,
+                    (dag_id, run_id, task_id, map_index, show, output, offset, limit),
+                    description="Print the per-recipient results MakeCallsOperator stored for a DAG run "
+                    "(counts per task instance, then one row per recipient; numbers redacted unless "
+                    "--show-numbers).",
+                ),
+            ),
+        ),
         _Group(
             "callbacks",
             "AI Studio status callback receiver",
@@ -151,7 +191,7 @@ def _commands() -> tuple[_Group, ...]:
     )
 
 
-COMMANDS_HELP = "Vonage AI Studio provider: callback receiver and do-not-call list"
+COMMANDS_HELP = "Vonage AI Studio provider: callback receiver, do-not-call list and batch results"
 
 
 def get_cli_commands() -> list[GroupCommand]:
@@ -322,3 +362,47 @@ def dnc_list(args: argparse.Namespace) -> None:
     print(f"{'number':<{width}}  {'added_at (UTC)':<25}  reason")
     for row in rows:
         print(f"{row['number']:<{width}}  {row['added_at']:<25}  {row['reason']}")
+
+
+# --------------------------------------------------------------------------------- calls
+
+
+def calls_results(args: argparse.Namespace) -> None:
+    """``calls results``: a run's stored batch results, as a table or JSON lines.
+
+    :raises SystemExit: (code 1) when the run has no stored batch results.
+    """
+    from airflow_provider_vonage_studio.recipients import stored_result
+    from airflow_provider_vonage_studio.store import CallStore
+
+    store = CallStore.default()
+    counts = {
+        key: value
+        for key, value in store.batch_result_counts(args.dag_id, args.run_id, args.task_id).items()
+        if args.map_index is None or key[1] == args.map_index
+    }
+    if not counts:
+        raise SystemExit(f"no stored batch results for dag {args.dag_id!r}, run {args.run_id!r}")
+    rows = []
+    if args.limit != 0:
+        rows = [
+            stored_result(row, show_numbers=args.show_numbers)
+            for row in store.batch_results(
+                args.dag_id, args.run_id, args.task_id, args.map_index, offset=args.offset, limit=args.limit
+            )
+        ]
+    if args.output == "json":
+        summary = [{"task_id": t, "map_index": m, "counts": c} for (t, m), c in sorted(counts.items())]
+        json.dump({"dag_id": args.dag_id, "run_id": args.run_id, "counts": summary}, sys.stdout)
+        sys.stdout.write("\n")
+        for row in rows:  # one object per line: a 100,000-row answer stays streamable
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    for (task, index), by_result in sorted(counts.items()):
+        shown = ", ".join(f"{kind} {n}" for kind, n in sorted(by_result.items()))
+        print(f"{task} [map_index {index}]: {shown} of {sum(by_result.values())} recipient(s)")
+    for row in rows:
+        status = f" status={row['status']}" if row.get("status") else ""
+        reason = f" ({row['reason']})" if row.get("reason") else ""
+        where = f"{row['task_id']}[{row['map_index']}] #{row['index']}"
+        print(f"{where} {row['to']}: {row['result']}{status}{reason}")

@@ -94,6 +94,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from airflow_provider_vonage_studio.callbacks.batch_results import add_batch_result_routes
+
 # The names below were all defined here before the receiver was split into rooms; they stay
 # importable from this module for one release (tests, benchmarks and users import some).
 from airflow_provider_vonage_studio.callbacks.body import (  # noqa: F401
@@ -227,6 +229,7 @@ def create_app(
 
     _add_health_route(app, get_store, load_secrets, conn_id)
     _add_outcome_routes(app, get_store, outcome_view)
+    add_batch_result_routes(app, get_store, outcome_view)
     return app
 
 

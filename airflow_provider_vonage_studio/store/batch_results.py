@@ -21,10 +21,6 @@ from airflow_provider_vonage_studio.store.schema import _chunks, _utcnow, batch_
 
 __all__ = ["BatchResultRow", "BatchResults"]
 
-# Rows per INSERT statement: under SQLite's oldest bound-parameter limit (999) at 15 columns.
-_INSERT_ROWS = 60
-
-
 class BatchResultRow(TypedDict, total=False):
     """One recipient's stored result (the keys :meth:`BatchResults.write_batch_results` takes
     and :meth:`BatchResults.batch_results` returns, with the task instance's four ids)."""
@@ -80,8 +76,8 @@ class BatchResults(StoreBase):
             conn.execute(
                 t.delete().where(_where(task), t.c.position >= min(positions), t.c.position <= max(positions))
             )
-            for start in range(0, len(values), _INSERT_ROWS):
-                conn.execute(t.insert().values(values[start : start + _INSERT_ROWS]))
+            # executemany of one cached statement: a multi-row VALUES would be compiled anew per chunk.
+            conn.execute(t.insert(), values)
 
     def trim_batch_results(self, task: TaskIdentity, count: int) -> int:
         """Drop ``task``'s rows at positions ``count`` and beyond (an earlier try had a longer
