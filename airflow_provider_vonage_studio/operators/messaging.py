@@ -254,6 +254,12 @@ class SendMessagesOperator(_MessagingTask):
         hook = self.hook
         try:
             do_not_call, fields = self._check_rendered()
+            if not (self.status_url or hook.message_status_url_for("vs-check")):
+                # Every recipient would be refused for it: one failure, before the first send.
+                raise VonageStudioConfigError(
+                    "status_url: AI Studio requires one for every message; pass status_url, or set extras "
+                    f"'callback_base_url' and 'callback_secret' on connection {self.vonage_studio_conn_id!r}"
+                )
             plan = plan_recipients(
                 self.recipients,
                 default_country=self.default_country,
@@ -270,8 +276,10 @@ class SendMessagesOperator(_MessagingTask):
                 results.append(self._send_one(hook, context, recipient, do_not_call, fields))
             except VonageStudioError as exc:
                 # The key, the agent or the service: nobody else can be sent to either.
-                results.append(_result(recipient, None, "skipped", exc.message))
-                results += [_result(r, None, "skipped", "the batch stopped") for r in plan[len(results) :]]
+                # Refused (rejected, recorded) or not sent at all (retryable: the row is queued).
+                results.append(_result(recipient, None, "skipped" if exc.retryable else "rejected", str(exc)))
+                stopped = f"not sent: the batch stopped ({exc})"
+                results += [_result(r, None, "skipped", stopped) for r in plan[len(results) :]]
                 context["ti"].xcom_push(key="results", value=results)
                 self.log.error("The batch stopped sending: %s", exc)
                 raise fail_task(exc) from exc
@@ -300,6 +308,10 @@ class SendMessagesOperator(_MessagingTask):
         if recipient.duplicate_of is not None:
             return _result(recipient, None, "skipped", "duplicate")
         ref = task_identity(context).call_ref(self._key(recipient.ref_key))
+        refused = _refused_earlier(hook, ref)
+        if refused is not None:
+            # History of an earlier try (a refused key, say): reported, neither re-sent nor a stop.
+            return _result(recipient, ref, "rejected", refused)
         try:
             sent = hook.send_message(
                 recipient.destination or recipient.to,
@@ -337,6 +349,19 @@ class SendMessagesOperator(_MessagingTask):
                 "(results under the XCom key 'results')"
             )
         return results
+
+
+def _refused_earlier(hook: VonageStudioHook, ref: str) -> str | None:
+    """Why the message ``ref`` was refused for good on an earlier try, or ``None``."""
+    from airflow_provider_vonage_studio.calls import CallState
+    from airflow_provider_vonage_studio.ledger import rejection_of
+
+    with hook.store.unavailable_as_error(f"before sending message {ref}"):
+        earlier = hook.store.get_call(ref)
+    if earlier is None or CallState(earlier.state) is not CallState.REJECTED:
+        return None
+    error = rejection_of(earlier)
+    return None if error.retryable else str(error)
 
 
 def _result(

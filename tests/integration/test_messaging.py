@@ -449,3 +449,48 @@ def test_send_messages_operator_after_a_crash_sends_only_the_rest(live: Live) ->
 
     assert [r["result"] for r in results] == ["sent", "unknown", "sent"]
     assert [m.to for m in live.emulator.messages] == ["447700900001", "447700900003"]
+
+
+def test_a_refused_key_stops_the_batch_and_a_server_outage_is_retryable(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_vonage_studio.exceptions import VonageStudioServerError
+
+    recipients = ["447700900001", "447700900002"]
+    context = {"ti": FakeTI("msg_dag", "manual__3", "send_all", -1)}
+    op = SendMessagesOperator(task_id="send_all", recipients=recipients, agent_id=AGENT, channel="sms")
+    monkeypatch.setenv("AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT", live.emulator.connection_json())
+    with pytest.raises(AirflowFailException, match="status_url: AI Studio requires one"):
+        op.execute(context)  # no receiver configured: refused once, before any request
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT",
+        live.emulator.connection_json(
+            key="wrong-key", callback_base_url=live.receiver_url, callback_secret=SECRET
+        ),
+    )
+    with pytest.raises(AirflowFailException, match="Not Authorised"):
+        op.execute(context)
+    results = context["ti"].xcoms["results"]
+    assert [r["result"] for r in results] == ["rejected", "skipped"]
+    assert results[1]["reason"].startswith("not sent: the batch stopped")
+    assert live.emulator.messages == [] and len(live.messaging_requests()) == 1  # one request, not two
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT",
+        live.emulator.connection_json(callback_base_url=live.receiver_url, callback_secret=SECRET),
+    )
+    live.emulator.inject("503", count=2, path=MESSAGING_PATH, to="447700900002")  # both attempts
+    monkeypatch.setattr(VonageStudioHook, "__init__", _quick_retries(VonageStudioHook.__init__))
+    with pytest.raises(VonageStudioServerError):  # retryable: Airflow retries the task
+        op.execute(context)
+    # The key fixed: the first recipient's refusal is history (reported, not re-sent, not a stop).
+    op.fail_on_rejected = False
+    assert [r["result"] for r in op.execute(context)] == ["rejected", "sent"]
+    assert [m.to for m in live.emulator.messages] == recipients[1:]
+
+
+def _quick_retries(init: Any) -> Any:
+    def quick(self: VonageStudioHook, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **{**kwargs, "max_attempts": 2, "retry_backoff": 0.01})
+
+    return quick
