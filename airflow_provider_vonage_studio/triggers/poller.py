@@ -125,6 +125,7 @@ class _SharedPoller:
         self._unread: dict[_Waiter, set[str]] = {}  # waiters (and refs) not read yet
         self._deadlines: list[tuple[datetime, int, _Waiter, str]] = []
         self._counter = itertools.count()
+        self._shortest: float | None = None  # see _interval
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -147,6 +148,8 @@ class _SharedPoller:
         """Join the poll rounds; the new waiter's rows are read in full in the next round."""
         waiter = _Waiter(self, refs, interval)
         self.waiters.add(waiter)
+        if self._shortest is not None:
+            self._shortest = min(self._shortest, interval)
         self._unread[waiter] = set(waiter.refs)
         for ref in waiter.refs:
             self._by_ref.setdefault(ref, set()).add(waiter)
@@ -162,6 +165,8 @@ class _SharedPoller:
         if waiter not in self.waiters:
             return
         self.waiters.discard(waiter)
+        if waiter.interval == self._shortest:
+            self._shortest = None
         self._unread.pop(waiter, None)
         for ref in list(waiter.refs):
             self._forget(waiter, ref)
@@ -170,8 +175,11 @@ class _SharedPoller:
 
     def schedule(self, waiter: _Waiter, deadline: datetime, refs: Iterable[str]) -> None:
         """Put ``refs`` of ``waiter`` on the deadline heap (see :meth:`_Waiter.wake_at`)."""
+        earliest = self._deadlines[0][0] if self._deadlines else None
         for ref in refs:
             heapq.heappush(self._deadlines, (deadline, next(self._counter), waiter, ref))
+        if earliest is None or deadline < earliest:
+            self._wakeup.set()  # the poller may be asleep until a later instant: re-plan
 
     def _forget(self, waiter: _Waiter, ref: str) -> None:
         waiters = self._by_ref.get(ref)
@@ -180,6 +188,12 @@ class _SharedPoller:
             if not waiters:
                 del self._by_ref[ref]
 
+    def _interval(self) -> float:
+        """The shortest interval among the waiters (cached: tens of thousands of them)."""
+        if self._shortest is None:
+            self._shortest = min((w.interval for w in self.waiters), default=math.inf)
+        return self._shortest
+
     @staticmethod
     def _next_due(now: float, interval: float) -> float:
         return (math.floor(now / interval) + 1) * interval
@@ -187,6 +201,16 @@ class _SharedPoller:
     def _fetch(self, cursor: ChangeCursor | None, refs: list[str]) -> tuple[list[Change], ChangeCursor]:
         # Runs in a worker thread: opening the store may create tables, the read blocks.
         return open_store(self.store_url).changes_since(cursor, also=refs)
+
+    def _deadline_round(self, now: float, last: float) -> float:
+        """When (loop clock) the earliest deadline asks for a round of its own: at the deadline,
+        but rounds stay at least a quarter of the shortest interval (at most 1 s) apart, so
+        deadlines spread over time cost a bounded number of extra queries."""
+        if not self._deadlines or not self.waiters:
+            return math.inf
+        left = (self._deadlines[0][0] - datetime.now(timezone.utc)).total_seconds()
+        spacing = min(0.25 * self._interval(), 1.0)
+        return max(now + left, last + spacing)
 
     def _pop_due(self, now: datetime) -> list[tuple[datetime, int, _Waiter, str]]:
         """Take the deadline entries due at ``now`` off the heap (of waiters still waiting)."""
@@ -199,22 +223,24 @@ class _SharedPoller:
 
     async def _run(self) -> None:
         try:
-            due_at = self.loop.time()  # the first round at once: the full read
+            due_at = last = self.loop.time()  # the first round at once: the full read
             while self.waiters:
                 now = self.loop.time()
-                if due_at > now:
+                wake = min(due_at, self._deadline_round(now, last))
+                if wake > now:
                     self._wakeup.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), due_at - now)
+                        await asyncio.wait_for(self._wakeup.wait(), wake - now)
                     if self.waiters and self.loop.time() < due_at:
-                        # Re-plan: a waiter with a shorter interval (or one unread) may have come.
-                        interval = min(w.interval for w in self.waiters)
+                        # Re-plan: a waiter with a shorter interval (or a deadline) may have come.
+                        interval = self._interval()
                         due_at = min(due_at, self._next_due(self.loop.time(), interval))
                     continue
                 await self._round()
+                last = self.loop.time()
                 if self.waiters:
-                    interval = min(w.interval for w in self.waiters)
-                    due_at = self._next_due(max(self.loop.time(), due_at), interval)
+                    interval = self._interval()
+                    due_at = self._next_due(max(last, due_at), interval)
         finally:
             # No await between the emptiness check above and here: a register() cannot slip
             # in unseen. On cancellation (loop shutdown) the poller is forgotten as well.
