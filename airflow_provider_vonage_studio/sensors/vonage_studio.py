@@ -254,10 +254,9 @@ class CallStatusSensor(BaseSensorOperator):
                     "(docs/outcomes.md), or make answer_window cover the longest call."
                 )
             )
-        if source is not None:
-            ti = context.get("ti") if hasattr(context, "get") else None
-            if ti is not None:
-                ti.xcom_push(key=OUTCOME_SOURCE_KEY, value=source)
+        push = getattr(context.get("ti"), "xcom_push", None) if hasattr(context, "get") else None
+        if source is not None and callable(push):
+            push(key=OUTCOME_SOURCE_KEY, value=source)
         return status
 
     def _stored_source(self, call_ref: str, status: str) -> str | None:

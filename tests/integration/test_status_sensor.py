@@ -169,7 +169,7 @@ def test_make_call_defers_and_resumes_without_dialing_again(stack: Stack) -> Non
     assert context["ti"].xcoms["call"] == call
     event = _run_trigger(deferred.value.trigger)
     result = op.execute_complete(context, event, **kwargs)
-    assert result == {**call, "status": "busy"}
+    assert result == {**call, "status": "busy", "outcome_source": "callback"}
     assert stack.store.get_call(call["call_ref"]).outcome == "busy"  # type: ignore[union-attr]
     assert len(stack.emulator.calls) == 1
 
