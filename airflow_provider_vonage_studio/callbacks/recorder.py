@@ -54,11 +54,13 @@ class _Recorder:
         *,
         workers: int | None = None,
         max_batch: int = 64,
+        min_batch: int = 8,
     ) -> None:
         self._get_store = get_store
         self._max_age = max_age
         self._workers = workers
         self._max_batch = max_batch
+        self._min_batch = min_batch
         self._pending: list[_Pending] = []
         self._running = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -80,7 +82,10 @@ class _Recorder:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._workers, thread_name_prefix="vonage-studio-callbacks"
             )
-        if self._running < self._workers:
+        # Another writer only once a batch's worth waits: the writers that run pick up what
+        # arrives meanwhile when their batch is done, and a writer of one callback would pay a
+        # whole transaction (and its round trips) for it.
+        if self._running == 0 or (self._running < self._workers and len(self._pending) >= self._min_batch):
             self._running += 1
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
