@@ -7,6 +7,7 @@ of each update is :func:`_decide`, the writes are :func:`_lock_calls`, :func:`_s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -236,7 +237,6 @@ def _checked_uuids(items: list[StatusUpdate]) -> list[str]:
 
 def _lock_calls(conn: Connection, refs: set[str]) -> _LockedCalls:
     """Read (and on PostgreSQL lock) the rows of the calls ``refs``, one query per 500."""
-    calls = calls_table
     found = _LockedCalls()
     for chunk in _chunks(sorted(refs)):
         # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers),
@@ -244,19 +244,7 @@ def _lock_calls(conn: Connection, refs: set[str]) -> _LockedCalls:
         # first, so batches sharing calls queue up instead of deadlocking on each other's
         # history rows, the history keeps the order of each batch, and the status read
         # here stays true until the commit.
-        rows = conn.execute(
-            sa.select(
-                calls.c.call_ref,
-                calls.c.destination,
-                calls.c.status,
-                calls.c.state,
-                calls.c.session_start_time,
-                calls.c.outcome_source,
-            )
-            .where(calls.c.call_ref.in_(chunk))
-            .order_by(calls.c.call_ref)
-            .with_for_update()
-        )
+        rows = conn.execute(_lock_calls_statement(), {"refs": chunk})
         for ref, destination, status, state, session_start_time, source in rows:
             found.destinations[ref] = destination
             found.states[ref] = state
@@ -388,6 +376,51 @@ def _insert_history(
     return outcomes, first_new
 
 
+@functools.cache
+def _lock_calls_statement() -> sa.Select[Any]:
+    """The SELECT ... FOR UPDATE of :func:`_lock_calls` (``refs`` expanding), built once.
+
+    Built once per process, not per batch: building it and computing its cache key cost the
+    receiver more than the database took to run it (``benchmarks/callbacks.py``).
+    """
+    calls = calls_table
+    return (
+        sa.select(
+            calls.c.call_ref,
+            calls.c.destination,
+            calls.c.status,
+            calls.c.state,
+            calls.c.session_start_time,
+            calls.c.outcome_source,
+        )
+        .where(calls.c.call_ref.in_(sa.bindparam("refs", expanding=True)))
+        .order_by(calls.c.call_ref)
+        .with_for_update()
+    )
+
+
+@functools.cache
+def _set_first_statement() -> sa.Update:
+    """The UPDATE of :func:`_set_first_statuses`, built once (as :func:`_lock_calls_statement`)."""
+    calls = calls_table
+    return (
+        calls.update()
+        .where(calls.c.call_ref == sa.bindparam("ref"), calls.c.status.is_(None))
+        .values(
+            status=sa.bindparam("new_status"),
+            status_at=sa.bindparam("new_status_at"),
+            conversation_uuid=sa.bindparam("new_uuid"),
+            callback_payload=sa.bindparam("new_payload", type_=_JSONText()),
+            # Where the truth came from: AI Studio's callback, unless a waiting task already
+            # stored a verdict (with its own source) before this late callback arrived.
+            outcome_source=sa.case(
+                (calls.c.outcome.is_(None), OutcomeSource.CALLBACK.value), else_=calls.c.outcome_source
+            ),
+            updated_at=sa.bindparam("new_updated_at"),
+        )
+    )
+
+
 def _set_first_statuses(
     conn: Connection,
     items: list[StatusUpdate],
@@ -405,26 +438,11 @@ def _set_first_statuses(
     whole batch is refused instead (:class:`_StatusBatchRaced`, rolled back: nothing recorded,
     never misreported).
     """
-    calls = calls_table
-    set_first = (
-        calls.update()
-        .where(calls.c.call_ref == sa.bindparam("ref"), calls.c.status.is_(None))
-        .values(
-            status=sa.bindparam("new_status"),
-            status_at=sa.bindparam("new_status_at"),
-            conversation_uuid=sa.bindparam("new_uuid"),
-            callback_payload=sa.bindparam("new_payload", type_=_JSONText()),
-            # Where the truth came from: AI Studio's callback, unless a waiting task already
-            # stored a verdict (with its own source) before this late callback arrived.
-            outcome_source=sa.case(
-                (calls.c.outcome.is_(None), OutcomeSource.CALLBACK.value), else_=calls.c.outcome_source
-            ),
-            updated_at=now,
-        )
-    )
+    set_first = _set_first_statement()
     params = [
         {
             "ref": call_ref,
+            "new_updated_at": now,
             "new_status": items[index].status,
             "new_status_at": items[index].timestamp or now,
             "new_uuid": items[index].conversation_uuid or None,
