@@ -471,7 +471,14 @@ def _set_first_statuses(
 def _insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> Any:
     """An INSERT into ``table`` that skips a row breaking a unique constraint instead of failing,
     so one duplicate does not abort the transaction it is part of. See :func:`_inserted`."""
-    if conn.dialect.name == "postgresql":
+    return _ignoring_conflicts_statement(conn.dialect.name == "postgresql", table)
+
+
+@functools.cache
+def _ignoring_conflicts_statement(postgresql: bool, table: sa.Table) -> Any:
+    """The statement of :func:`_insert_ignoring_conflicts`, built once per dialect and table
+    (statements are immutable, so one is shared; see :func:`_lock_calls_statement` for why)."""
+    if postgresql:
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         # Explicit RETURNING: with the implicit one SQLAlchemy adds to fetch the new id,
@@ -490,14 +497,11 @@ def _inserted_all(conn: Connection, table: sa.Table, rows: list[dict[str, Any]])
     undone (the transaction stays usable) and ``False`` is returned.
     """
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
         # psycopg reports no rowcount for an executemany: count the returned keys instead
         # (SQLAlchemy sends the rows as one multi-row VALUES). Undone by key rather than with
         # a savepoint, which would cost two round trips on every batch.
         (key,) = table.primary_key.columns
-        statement = pg_insert(table).on_conflict_do_nothing().returning(key)
-        ids = conn.execute(statement, rows).scalars().all()
+        ids = conn.execute(_ignoring_conflicts_statement(True, table), rows).scalars().all()
         if len(ids) == len(rows):
             return True
         if ids:
