@@ -610,7 +610,9 @@ class MakeCallsOperator(BaseOperator, CallingTask, CampaignTask):
         from airflow_provider_vonage_studio.operators._batch import FULL_RESULTS_MAX, results_sink
 
         plan = self.plan_stream()
-        total = len(self.recipients) if isinstance(self.recipients, Sequence) else None
+        # Known up front only for a list; a file or a query is counted as it streams.
+        listed = self.recipients_sql is None and not isinstance(self.recipients, (str, bytes))
+        total = len(self.recipients) if listed and isinstance(self.recipients, Sequence) else None
         if dial:
             self.log.info(
                 "Dialing %s recipient(s) from agent %s at up to %d call(s)/s",

@@ -191,3 +191,56 @@ def test_a_pass_settles_abandoned_rows_through_the_hook(hook, requests_mock, mon
     assert [r.result.value for r in report.results] == ["unknown", "placed"]
     assert "ended while this call was being dialed" in (report.results[0].reason or "")
     assert requests_mock.call_count == 1
+
+
+# -- chunks: ledger and do-not-call reads per chunk, results per chunk, bounded reports -----------------
+
+
+def _numbers(n):
+    return [f"4477009{i:05d}" for i in range(n)]
+
+
+def test_a_pass_reads_the_ledger_and_the_dnc_list_once_per_chunk(hook, requests_mock, monkeypatch):
+    requests_mock.post(URL, json=OK)
+    reads, listed, chunks = [], [], []
+    get_calls, dnc_filter = hook.store.get_calls, hook.store.dnc_filter
+    monkeypatch.setattr(hook.store, "get_calls", lambda refs: reads.append(len(refs)) or get_calls(refs))
+    monkeypatch.setattr(
+        hook.store, "dnc_filter", lambda nums: listed.append(len(list(nums))) or dnc_filter([])
+    )
+    dialer = BatchDialer(hook, "agent-1", dag_id="d", run_id="r", task_id="t")
+    report = dialer.run(
+        plan_recipients(_numbers(25)), sink=lambda results: chunks.append(len(results)), chunk_size=10
+    )
+    # One read of each per chunk (not one for the whole batch); the hook's own one-number check
+    # before each dial comes on top.
+    assert reads == [10, 10, 5]
+    assert [n for n in listed if n > 1] == [10, 10, 5] and listed.count(1) == 25
+    assert chunks == [10, 10, 5]
+    assert report.complete and report.counts()["placed"] == 25
+
+
+def test_a_pass_that_keeps_too_many_results_reports_counts_and_examples(hook, requests_mock):
+    requests_mock.post(URL, json=OK)
+    items = [*_numbers(6), "junk", "also junk", _numbers(1)[0]]
+    dialer = BatchDialer(hook, "agent-1", dag_id="d", run_id="r", task_id="t")
+    report = dialer.run(iter(plan_recipients(items)), keep=5, collect_placed=True, chunk_size=4)
+    assert not report.complete and report.results == ()
+    assert report.size == 9
+    assert report.counts() == {"placed": 6, "rejected": 2, "skipped": 1, "unknown": 0, "deferred": 0}
+    assert [r.index for r in report.problems] == [6, 7]
+    assert len(report.placed_refs()) == 6
+    assert report.summary() == "placed 6, rejected 2, skipped 1 of 9 recipient(s)"
+    # Within the limit the report is what it always was.
+    again = dialer.run(plan_recipients(items), keep=9)
+    assert again.complete and len(again.results) == 9
+
+
+def test_results_carry_the_destination_for_the_store_but_never_in_xcom(hook, requests_mock):
+    requests_mock.post(URL, json=OK)
+    report = BatchDialer(hook, "agent-1", dag_id="d", run_id="r", task_id="t").run(
+        plan_recipients(["+44 7700 900123"])
+    )
+    (result,) = report.results
+    assert result.to_row()["destination"] == "447700900123"
+    assert "447700900123" not in str(result.to_dict()) and "447700900123" not in repr(result)

@@ -174,3 +174,43 @@ def test_planning_and_result_names_stay_importable_from_batch():
         "RECIPIENT_FIELDS",
     ):
         assert getattr(batch, name) is getattr(recipients, name)
+
+
+# -- streams --------------------------------------------------------------------------------------------
+
+
+def test_iter_plan_checks_arguments_at_once_and_reads_items_lazily():
+    from airflow_provider_vonage_studio.recipients import chunked, iter_plan
+
+    with pytest.raises(VonageStudioConfigError, match="recipients: expected a list"):
+        iter_plan("447700900123")
+    read = []
+
+    def items():
+        for n in ("447700900001", "447700900002", "+44 7700 900001", "447700900003"):
+            read.append(n)
+            yield n
+
+    plan = iter_plan(items())
+    assert read == []  # nothing read until iterated
+    first = next(plan)
+    assert first.destination == "447700900001" and read == ["447700900001"]
+    rest = list(plan)
+    assert [r.duplicate_of for r in rest] == [None, 0, None]  # de-duplicated across the stream
+    assert [len(c) for c in chunked(iter(plan_recipients(["447700900001"] * 5)), 2)] == [2, 2, 1]
+
+
+def test_an_unreadable_item_is_one_rejection():
+    from airflow_provider_vonage_studio.recipients import UnreadableItem
+
+    (bad,) = plan_recipients([UnreadableItem("not a JSON value (Expecting value at column 1)")])
+    assert bad.error == "recipients[0]: not a JSON value (Expecting value at column 1)"
+
+
+def test_stored_results_are_redacted_unless_asked():
+    from airflow_provider_vonage_studio.recipients import stored_result
+
+    row = {"task_id": "t", "map_index": -1, "position": 3, "destination": "447700900123", "result": "placed"}
+    assert stored_result(row)["to"] != "447700900123" and stored_result(row)["to"].endswith("0123")
+    assert stored_result(row, show_numbers=True)["to"] == "447700900123"
+    assert stored_result({**row, "destination": None})["to"] is None
