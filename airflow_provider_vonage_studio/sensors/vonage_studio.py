@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_vonage_studio._compat import Context
 
+_CALLBACK = OutcomeSource.CALLBACK.value
+
 #: The XCom key under which :class:`CallStatusSensor` pushes where its status came from.
 OUTCOME_SOURCE_KEY = "outcome_source"
 
@@ -403,7 +405,9 @@ class CallResultSensor(BaseSensorOperator):
             )
         except VonageStudioError as exc:
             if isinstance(exc, CallFailed):
-                record_verdict(self.store_url, target.get("call_ref"), exc.call_status, log=self.log)
+                record_verdict(
+                    self.store_url, target.get("call_ref"), exc.call_status, source=_CALLBACK, log=self.log
+                )
             raise fail_task(exc) from exc
 
     def _finish(self, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -413,7 +417,7 @@ class CallResultSensor(BaseSensorOperator):
             self.log.info(
                 "Call %s ended with status %s: no parameters to wait for", call_ref, result["call_status"]
             )
-            record_verdict(self.store_url, call_ref, result["call_status"], log=self.log)
+            record_verdict(self.store_url, call_ref, result["call_status"], source=_CALLBACK, log=self.log)
             return {"status": result["call_status"]}
         parameters = {str(k): str(v) for k, v in dict(result.get("parameters") or {}).items()}
         if call_ref:
@@ -471,7 +475,8 @@ class CallResultSensor(BaseSensorOperator):
         return self._finish(payload)
 
     def _record_verdict(self, call_ref: str, status: str) -> None:
-        record_verdict(self.store_url, call_ref, status, log=self.log)
+        # Only a failure status ends this sensor as a verdict: AI Studio's callback reported it.
+        record_verdict(self.store_url, call_ref, status, source=_CALLBACK, log=self.log)
 
 
 __all__ += ["CallResultSensor"]
