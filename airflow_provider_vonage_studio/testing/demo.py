@@ -22,7 +22,12 @@ emulator was scripted to produce. The API key and the callback secret are random
 and never printed; phone numbers are printed redacted.
 
 Run ``python -m airflow_provider_vonage_studio.testing.demo --help`` for the options
-(``--keep`` keeps the home, ``--keep-running`` leaves Airflow up to browse the outcome view).
+(``--keep`` keeps the home, ``--keep-running`` leaves Airflow up to browse the outcome view,
+``--campaign`` runs ``reminder_campaign`` instead: :class:`CampaignDemo`).
+
+The module stays a little over ~500 lines on purpose: ``CampaignDemo`` must live beside
+``Demo`` (``main`` picks one of them, and the campaign's module, which holds its scenario and
+report, cannot import this one back without an import circle).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 # The scenario's names were defined here too; they stay importable from this module.
+from airflow_provider_vonage_studio.testing import demo_campaign as campaign
 from airflow_provider_vonage_studio.testing.demo_scenario import (
     AGENT_ID,
     ANSWER_WINDOW,
@@ -115,15 +121,8 @@ class Demo(AirflowProcesses):
             "airflow_provider_vonage_studio.testing.emulator",
             "--port",
             "0",
-            "--agent",
-            AGENT_ID,
-            "--calls-per-second",
-            "1",
-            "--callback-delay",
-            str(CALLBACK_DELAY),
         ]
-        for to, outcome in SCRIPT.items():
-            cmd += ["--script", f"{to}={outcome}"]
+        cmd += self.emulator_args()
         # The key goes through the environment: command lines are visible to everyone in ps.
         component = self.start("emulator", cmd, {**os.environ, KEYS_ENV: self.api_key})
 
@@ -362,6 +361,13 @@ class Demo(AirflowProcesses):
         self.wait_for_dag()
         say(f"DAG {self.dag_id} parsed from {repo_dags()}")
 
+    def emulator_args(self) -> list[str]:
+        """The emulator's agent, limit, callback delay and one scripted outcome per recipient."""
+        args = ["--agent", AGENT_ID, "--calls-per-second", "1", "--callback-delay", str(CALLBACK_DELAY)]
+        for to, outcome in SCRIPT.items():
+            args += ["--script", f"{to}={outcome}"]
+        return args
+
     def describe_script(self) -> str:
         """The emulator's script, one ``<redacted number> <outcome>`` per recipient."""
         from airflow_provider_vonage_studio.destinations import redact
@@ -396,6 +402,44 @@ class Demo(AirflowProcesses):
                 self.console.raw(f"----- {path.relative_to(self.home)} -----")
                 lines = path.read_text(errors="replace").splitlines()
                 self.console.raw("\n".join(lines[-30:]))
+
+
+@dataclass
+class CampaignDemo(Demo):
+    """``make demo ARGS=--campaign``: ``reminder_campaign``, its per-attempt script and report
+    (:mod:`~airflow_provider_vonage_studio.testing.demo_campaign`), and a check, each time the
+    campaign task is seen deferred, that no process runs it."""
+
+    dag_id: str = campaign.CAMPAIGN_DAG_ID
+    deferrals: list[campaign.DeferralCheck] = field(default_factory=list)
+
+    def emulator_args(self) -> list[str]:
+        return campaign.emulator_args()
+
+    def airflow_env(self) -> dict[str, str]:
+        return {**super().airflow_env(), **campaign.AIRFLOW_SETTINGS}
+
+    def describe_script(self) -> str:
+        return campaign.describe_script()
+
+    def follow(self, run_id: str) -> str:
+        seen: dict[str, str] = {}
+
+        def finished() -> str | None:
+            tis = self.api("GET", f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances").json()
+            campaign.follow_step(self.console, tis.get("task_instances", []), seen, self.deferrals)
+            return self.run_state(self.dag_id, run_id)
+
+        return str(
+            self.wait_until(f"run {run_id} to finish", finished, timeout=self.run_timeout, interval=0.5)
+        )
+
+    def report(self, run_id: str, state: str) -> bool:
+        results = self.xcom(run_id, campaign.CAMPAIGN_TASK) or []
+        calls, messages = self.emulator_state("calls"), self.emulator_state("messages")
+        ok = campaign.report(self.console, results, calls, messages, self.deferrals)
+        self.console.step(f"summary: {self.xcom(run_id, 'summary')}")
+        return state == "success" and ok
 
 
 def repo_dags() -> Path:
@@ -464,12 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the process exit status (0 only if every outcome matched)."""
     args = _parser().parse_args(argv)
     console = Console()
-    demo_class = Demo
-    if args.campaign:
-        from airflow_provider_vonage_studio.testing.demo_campaign import CampaignDemo
-
-        demo_class = CampaignDemo
-    demo = demo_class(
+    demo = (CampaignDemo if args.campaign else Demo)(
         console,
         keep=args.keep,
         database=args.database,

@@ -1,32 +1,35 @@
-"""``make demo ARGS=--campaign``: the ``reminder_campaign`` example in a real Airflow 3 against the emulator.
+"""``make demo ARGS=--campaign``: the ``reminder_campaign`` scenario and its report.
 
-The same steps as ``make demo`` (:mod:`~airflow_provider_vonage_studio.testing.demo`), with the
-campaign's scenario: the emulator scripts each recipient per attempt (busy, busy, answered;
-never reached; answered at once), the waves are a few seconds apart instead of an hour, and
-the report prints each recipient's attempts, disposition, and the calls and messages the
-emulator received. While the campaign task waits between waves it must be ``deferred`` with
-no task process running for it: the demo checks that on every wait it sees.
+The demo's steps (:mod:`~airflow_provider_vonage_studio.testing.demo`, its ``CampaignDemo``)
+are those of ``make demo``, with this scenario: the emulator scripts each recipient per
+attempt (busy, busy, answered; never reached; answered at once), the waves are a few seconds
+apart instead of an hour, and the report prints each recipient's attempts, disposition, and
+the calls and messages the emulator received. While the campaign task waits between waves it
+must be ``deferred`` with no task process running for it: the demo checks that on every wait
+it sees.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_vonage_studio.testing.demo import Demo
 from airflow_provider_vonage_studio.testing.demo_scenario import AGENT_ID, CALLBACK_DELAY
 
 __all__ = [
+    "AIRFLOW_SETTINGS",
     "CAMPAIGN_DAG_ID",
     "CAMPAIGN_SCRIPT",
     "EXPECTED",
-    "CampaignDemo",
     "DeferralCheck",
+    "campaign_rows",
+    "describe_script",
+    "emulator_args",
+    "follow_step",
+    "report",
     "task_processes",
 ]
 
@@ -80,95 +83,77 @@ def task_processes(ti_id: str, proc: Path = Path("/proc")) -> list[int]:
     return found
 
 
-@dataclass
-class CampaignDemo(Demo):
-    """``Demo`` with the campaign's DAG, script, settings, follow-up and report."""
+def emulator_args() -> list[str]:
+    """The emulator's options for the campaign: both agents and the per-attempt script."""
+    args = ["--agent", AGENT_ID, "--agent", MESSAGE_AGENT_ID, "--calls-per-second", "1"]
+    args += ["--callback-delay", str(CALLBACK_DELAY)]
+    for to, outcomes in CAMPAIGN_SCRIPT.items():
+        args += ["--script", f"{to}={','.join(outcomes)}"]
+    return args
 
-    dag_id: str = CAMPAIGN_DAG_ID
-    deferrals: list[DeferralCheck] = field(default_factory=list)
 
-    def start_emulator(self) -> None:
-        """The emulator with the voice and the messaging agent and the per-attempt script."""
-        from airflow_provider_vonage_studio.testing.emulator import KEYS_ENV
+#: The DAG's settings for the demo (added to the Airflow components' environment).
+AIRFLOW_SETTINGS = {
+    "VONAGE_STUDIO_CAMPAIGN_MESSAGE_AGENT_ID": MESSAGE_AGENT_ID,
+    "VONAGE_STUDIO_CAMPAIGN_SPACING": str(SPACING),
+    # The demo runs at any hour: a window open all day but the last minute.
+    "VONAGE_STUDIO_CAMPAIGN_CALLING_WINDOW": "00:00-23:59",
+    "VONAGE_STUDIO_DEMO_ANSWER_WINDOW": str(ANSWER_WINDOW),
+    "VONAGE_STUDIO_DEMO_POKE_INTERVAL": str(POKE_INTERVAL),
+}
 
-        cmd = [sys.executable, "-m", "airflow_provider_vonage_studio.testing.emulator", "--port", "0"]
-        cmd += ["--agent", AGENT_ID, "--agent", MESSAGE_AGENT_ID, "--calls-per-second", "1"]
-        cmd += ["--callback-delay", str(CALLBACK_DELAY)]
-        for to, outcomes in CAMPAIGN_SCRIPT.items():
-            cmd += ["--script", f"{to}={','.join(outcomes)}"]
-        component = self.start("emulator", cmd, {**os.environ, KEYS_ENV: self.api_key})
 
-        def url() -> str | None:
-            for line in component.log_path.read_text(errors="replace").splitlines():
-                if line.startswith("emulator listening on "):
-                    return line.rsplit(" ", 1)[1].strip()
-            return None
+def describe_script() -> str:
+    """The script, one ``<redacted number> <outcomes>`` per recipient, and the spacing."""
+    from airflow_provider_vonage_studio.destinations import redact
 
-        self.emulator_url = self.wait_until("the emulator to listen", url, timeout=60, interval=0.2)
+    script = "; ".join(f"{redact(to)} {', '.join(o)}" for to, o in CAMPAIGN_SCRIPT.items())
+    return f"{script} (waves {SPACING:g}s apart)"
 
-    def airflow_env(self) -> dict[str, str]:
-        return {
-            **super().airflow_env(),
-            "VONAGE_STUDIO_CAMPAIGN_MESSAGE_AGENT_ID": MESSAGE_AGENT_ID,
-            "VONAGE_STUDIO_CAMPAIGN_SPACING": str(SPACING),
-            # The demo runs at any hour: a window open all day but the last minute.
-            "VONAGE_STUDIO_CAMPAIGN_CALLING_WINDOW": "00:00-23:59",
-            "VONAGE_STUDIO_DEMO_ANSWER_WINDOW": str(ANSWER_WINDOW),
-            "VONAGE_STUDIO_DEMO_POKE_INTERVAL": str(POKE_INTERVAL),
-        }
 
-    def describe_script(self) -> str:
-        from airflow_provider_vonage_studio.destinations import redact
+def follow_step(
+    console: Any, tis: Sequence[Mapping[str, Any]], seen: dict[str, str], deferrals: list[DeferralCheck]
+) -> None:
+    """One look at the run's task instances: print state changes; while the campaign task is
+    deferred, note which processes run it (none, when no worker slot is held)."""
+    for ti in tis:
+        task_id, state = ti["task_id"], ti.get("state")
+        if state == "deferred" and task_id == CAMPAIGN_TASK:
+            processes = tuple(task_processes(str(ti.get("id"))))
+            deferrals.append(DeferralCheck(str(ti.get("id")), processes))
+            if seen.get(task_id) != state:
+                held = (
+                    f"{len(processes)} task process(es) running it"
+                    if processes
+                    else "no task process runs it"
+                )
+                console.step(f"  task {task_id}: deferred -- waiting in the triggerer, {held}")
+        if state is None or seen.get(task_id) == state:
+            continue
+        seen[task_id] = state
+        if state != "deferred":
+            console.step(f"  task {task_id}: {state}")
 
-        script = "; ".join(f"{redact(to)} {', '.join(o)}" for to, o in CAMPAIGN_SCRIPT.items())
-        return f"{script} (waves {SPACING:g}s apart)"
 
-    def follow(self, run_id: str) -> str:
-        """Print each task's state changes until the run finishes; while the campaign task is
-        deferred, check that no process runs it."""
-        seen: dict[str, str] = {}
-
-        def finished() -> str | None:
-            tis = self.api("GET", f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances").json()
-            for ti in tis.get("task_instances", []):
-                task_id, state = ti["task_id"], ti.get("state")
-                if state == "deferred" and task_id == CAMPAIGN_TASK:
-                    self._check_deferred(str(ti.get("id")), task_id, seen.get(task_id) != state)
-                if state is None or seen.get(task_id) == state:
-                    continue
-                seen[task_id] = state
-                if state != "deferred":
-                    self.console.step(f"  task {task_id}: {state}")
-            return self.run_state(self.dag_id, run_id)
-
-        return str(
-            self.wait_until(f"run {run_id} to finish", finished, timeout=self.run_timeout, interval=0.5)
-        )
-
-    def _check_deferred(self, ti_id: str, task_id: str, new: bool) -> None:
-        processes = tuple(task_processes(ti_id))
-        self.deferrals.append(DeferralCheck(ti_id, processes))
-        if new:
-            held = f"{len(processes)} task process(es) running it" if processes else "no task process runs it"
-            self.console.step(f"  task {task_id}: deferred -- waiting in the triggerer, {held}")
-
-    def report(self, run_id: str, state: str) -> bool:
-        """The per-recipient table; True when the run matches :data:`EXPECTED` and every wait
-        seen was deferred without a task process."""
-        results = self.xcom(run_id, CAMPAIGN_TASK) or []
-        calls = Counter(str(c.get("to")) for c in self.emulator_state("calls"))
-        messages = Counter(str(m.get("to")) for m in self.emulator_state("messages"))
-        rows = campaign_rows(results, calls, messages)
-        print_campaign(self.console, rows)
-        summary = self.xcom(run_id, "summary")
-        if summary is not None:
-            self.console.step(f"summary: {summary}")
-        clean = bool(self.deferrals) and all(not d.processes for d in self.deferrals)
-        self.console.step(
-            f"the campaign task was seen deferred {len(self.deferrals)} time(s); "
-            + ("never with a task process running it" if clean else "NOT always without a task process")
-        )
-        return state == "success" and clean and all(row["ok"] for row in rows)
+def report(
+    console: Any,
+    results: Sequence[Mapping[str, Any]],
+    calls: Sequence[Mapping[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
+    deferrals: Sequence[DeferralCheck],
+) -> bool:
+    """Print the per-recipient table; True when the run matches :data:`EXPECTED` and every wait
+    seen was deferred without a task process."""
+    rows = campaign_rows(
+        results, Counter(str(c.get("to")) for c in calls), Counter(str(m.get("to")) for m in messages)
+    )
+    print_campaign(console, rows)
+    clean = bool(deferrals) and all(not d.processes for d in deferrals)
+    console.step(
+        f"the campaign task was seen deferred {len(deferrals)} time(s); "
+        + ("never with a task process running it" if clean else "NOT always without a task process")
+    )
+    return clean and all(row["ok"] for row in rows)
 
 
 def campaign_rows(
