@@ -19,6 +19,11 @@ is decided from its row in the call store:
 deferrable trigger and ``MakeCallOperator(wait_for_status=True)`` cannot drift apart. This
 module imports neither Airflow nor SQLAlchemy at top level: operator and sensor modules
 import it while DAG files are parsed.
+
+Why one module of about 600 lines: the rule (:func:`evaluate_call`, where each source comes
+from), the round every waiter runs (:func:`evaluate_round`, :func:`next_delay`), the waiting
+loops and the verdict they store must change together; split, a change to one reading of a
+row could miss the others, which is the drift this module exists to prevent.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 :meth:`Statuses.record_statuses` stores a batch in one transaction; the decision of what becomes
 of each update is :func:`_decide`, the writes are :func:`_lock_calls`, :func:`_stored_history`,
 :func:`_insert_history` and :func:`_set_first_statuses`.
+
+A little over 500 lines on purpose: the batch's decision and its writes share the one locking
+protocol described in :meth:`Statuses.record_statuses`; kept in one room it is read in one place.
 """
 
 from __future__ import annotations
