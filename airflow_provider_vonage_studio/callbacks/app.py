@@ -109,8 +109,8 @@ from airflow_provider_vonage_studio.callbacks.body import (  # noqa: F401
     destinations_match,
     parse_callback_time,
 )
-from airflow_provider_vonage_studio.callbacks.messages import add_message_status_route
 from airflow_provider_vonage_studio.callbacks.ended import ended_route
+from airflow_provider_vonage_studio.callbacks.messages import add_message_status_route
 from airflow_provider_vonage_studio.callbacks.middleware import _ElideTokenInPath
 from airflow_provider_vonage_studio.callbacks.outcomes import _add_outcome_routes, _airflow_guard  # noqa: F401
 from airflow_provider_vonage_studio.callbacks.recorder import (  # noqa: F401
@@ -221,11 +221,11 @@ def create_app(
     app.router.add_route(
         "/calls/{token}/status", status_route(conn_id, load_secrets, max_age, recorder), methods=["POST"]
     )
+    add_message_status_route(app, conn_id, load_secrets, max_age, get_store)  # callbacks/messages.py
     # The agent's End Call Event webhook (callbacks/ended.py): answered, confirmed by push.
     app.router.add_route(
         "/calls/{token}/ended", ended_route(conn_id, load_secrets, max_age, get_store), methods=["POST"]
     )
-    add_message_status_route(app, conn_id, load_secrets, max_age, get_store)  # callbacks/messages.py
 
     _add_health_route(app, get_store, load_secrets, conn_id)
     _add_outcome_routes(app, get_store, outcome_view)
