@@ -23,9 +23,15 @@ How a batch stays exactly-once and paced:
   ``redial_unknown`` asks for it. Rows left ``queued`` (it died before sending, e.g. while
   waiting for its slot) are simply dialed.
 
+A pass works through the plan in chunks (:data:`CHUNK_SIZE`): one ledger read, one do-not-call
+read and one results write per chunk, so the plan may be a stream of 100,000 recipients and
+memory stays bounded by the chunk (:meth:`BatchDialer.run`).
+
 Planning and results live in :mod:`~airflow_provider_vonage_studio.recipients`, calling-window
-maths in :mod:`~airflow_provider_vonage_studio.windows`; their names stay importable from here
-(that re-export block, kept for one release, is what takes this module past 500 lines).
+maths in :mod:`~airflow_provider_vonage_studio.windows`; their names stay importable from here.
+The module is over 500 lines because the loop's three parts belong together: the dialer (one
+recipient's decision), the pass across chunks and its progress lines; the re-export block, kept
+for one release, adds the rest.
 
 The dialer uses the hook it is given. Tests that dial hundreds of calls against an emulator
 with a lifted limit pass ``VonageStudioHook(pace=False)``; that is a testing knob only, never

@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# dag_id, run_id, task_id, map_index of the benchmark's task instance.
+WORKER_TASK = ("bench_campaign", "manual__bench", "dial", -1)
 KEY = "campaign-bench-key-7f6e5d4c"
 AGENT = "agent-1"
 POSTGRES_URL = os.environ.get(
@@ -88,6 +90,7 @@ def worker(args: argparse.Namespace) -> int:
     from airflow_provider_vonage_studio.operators.vonage_studio import MakeCallsOperator
 
     http = {"seconds": 0.0, "requests": 0, "first": None}
+    executing: list[float] = []
 
     class BenchHook(VonageStudioHook):
         """The task's hook, unpaced (the testing knob), timing its HTTP round trips."""
@@ -101,6 +104,12 @@ def worker(args: argparse.Namespace) -> int:
                 t0 = time.monotonic()
                 if http["first"] is None:
                     http["first"] = t0
+                    if args.snapshots:  # the resume figure, for a try the driver kills
+                        first = {
+                            "to_first_dial_s": t0 - executing[0],
+                            "process_to_first_dial_s": t0 - started,
+                        }
+                        Path(args.snapshots + ".first").write_text(json.dumps(first))
                 try:
                     return send(*a, **k)
                 finally:
@@ -119,7 +128,7 @@ def worker(args: argparse.Namespace) -> int:
             return self._bench_hook
 
     class TI:
-        dag_id, run_id, task_id, map_index = "bench_campaign", "manual__bench", "dial", -1
+        dag_id, run_id, task_id, map_index = WORKER_TASK
 
         def xcom_push(self, key: str, value: Any) -> None:
             pass
@@ -136,6 +145,7 @@ def worker(args: argparse.Namespace) -> int:
         tracemalloc.start()
         traced_base = tracemalloc.get_traced_memory()[0]
     t0 = time.monotonic()
+    executing.append(t0)
     value = operator.execute({"ti": TI()})  # type: ignore[arg-type]
     wall = time.monotonic() - t0
     stats = {
@@ -286,6 +296,124 @@ def run_one(store_name: str, store_url: str, recipients: int, work: Path) -> dic
     }
 
 
+def _prefill(store_url: str, numbers: list[str]) -> None:
+    """Ledger rows ``placed`` for ``numbers``, as an earlier try of the task would have left them
+    (bulk-inserted: the point is what a try does with them, not how they were written)."""
+    from datetime import datetime, timezone
+
+    from airflow_provider_vonage_studio.calls import TaskIdentity
+    from airflow_provider_vonage_studio.store import CallStore, calls_table
+
+    task = TaskIdentity(*WORKER_TASK)
+    store = CallStore(store_url)
+    store.dnc_list()  # creates the schema
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "call_ref": task.call_ref(f"to:{n}"),
+            "dag_id": task.dag_id,
+            "run_id": task.run_id,
+            "task_id": task.task_id,
+            "map_index": task.map_index,
+            "agent_id": AGENT,
+            "destination": n,
+            "state": "placed",
+            "session_id": f"prefilled-{n}",
+            "session_start_time": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for n in numbers
+    ]
+    with store._transaction(write=True) as conn:
+        for start in range(0, len(rows), 5000):
+            conn.execute(calls_table.insert(), rows[start : start + 5000])
+    store.dispose()
+
+
+def run_scaled(store_name: str, store_url: str, recipients: int, work: Path, new_url: Any) -> dict[str, Any]:
+    """At full size without dialing everyone: (a) every recipient already in the ledger, one try
+    streams all of them (memory, rows, XCom); (b) half in the ledger, one try until its first
+    new dial (the resume time), then SIGKILL."""
+    import requests
+
+    numbers = [f"4477{n:08d}" for n in range(recipients)]
+    path = work / "campaign.jsonl"
+    path.write_text("\n".join(json.dumps(n) for n in numbers) + "\n")
+    emulator, url = _start_emulator(work / "emulator.log")
+    connection = {
+        "conn_type": "vonage_studio",
+        "host": url,
+        "password": KEY,
+        "extra": {"calls_per_second": 5},
+    }
+    base_env = {
+        **os.environ,
+        "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT": json.dumps(connection),
+        "PYTHONPATH": str(ROOT),
+    }
+    try:
+        _prefill(store_url, numbers)
+        env = {**base_env, "AIRFLOW__VONAGE_STUDIO__STORE_URL": store_url}
+        full = _try(path.as_uri(), env, work, 1, tracemalloc=True)
+        if full.wait(7200) != 0:
+            raise SystemExit(f"the full pass failed: {(work / 'try-1.log').read_text()[-3000:]}")
+        stats = json.loads((work / "stats-1.json").read_text())
+        rows = {
+            "ledger": _count(store_url, "vonage_studio_calls"),
+            "results": _count(store_url, "vonage_studio_batch_results"),
+        }
+        half_url = new_url()
+        _prefill(half_url, numbers[: recipients // 2])
+        env = {**base_env, "AIRFLOW__VONAGE_STUDIO__STORE_URL": half_url}
+        resume = _try(path.as_uri(), env, work, 2, tracemalloc=False)
+        marker = work / "speed-2.json.first"
+        deadline = time.monotonic() + 600
+        while not marker.exists():
+            if resume.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the resumed try never dialed: {(work / 'try-2.log').read_text()[-3000:]}")
+            time.sleep(0.05)
+        time.sleep(2.0)  # a few new dials, then the crash again
+        os.kill(resume.pid, signal.SIGKILL)
+        resume.wait(30)
+        made = requests.get(f"{url}/_emulator/requests", timeout=600).json()
+    finally:
+        emulator.terminate()
+        emulator.wait(30)
+    dialed = Counter(r["body"]["to"] for r in made if isinstance(r.get("body"), dict) and "to" in r["body"])
+    prefilled = set(numbers[: recipients // 2])
+    return {
+        "store": store_name,
+        "recipients": recipients,
+        "full_pass": stats,
+        "rows": rows,
+        "resume": json.loads(marker.read_text()),
+        "dials_after_resume": sum(dialed.values()),
+        "prefilled_dialed_again": sum(1 for n in dialed if n in prefilled),
+        "dialed_twice": sum(1 for v in dialed.values() if v > 1),
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _report_scaled(f: dict[str, Any]) -> None:
+    t = f["full_pass"]
+    lines = [
+        f"== {f['store']}, {f['recipients']:,} recipients already in the ledger "
+        f"(load average {f['load_average']:.1f} on {os.cpu_count()} cores) ==",
+        f"full pass: {t['wall_s']:.1f} s, {t['requests']} requests (expected 0)",
+        f"peak RSS above baseline:          {t['peak_rss_mb'] - t['baseline_rss_mb']:8.1f} MB  (goal <= 150)",
+        f"tracemalloc peak above baseline:  {t['tracemalloc_peak_mb']:8.1f} MB",
+        f"store rows: ledger {f['rows']['ledger']:,}, batch results {f['rows']['results']:,}",
+        f"XCom: {t['xcom_bytes']:,} bytes (goal < 65,536)",
+        f"resume with {f['recipients'] // 2:,} in the ledger: {f['resume']['to_first_dial_s']:.2f} s "
+        f"from execute to the first new dial ({f['resume']['process_to_first_dial_s']:.2f} s from "
+        "process start)  (goal <= 10)",
+        f"then {f['dials_after_resume']} new dials before the kill; {f['prefilled_dialed_again']} of "
+        f"the ledger's recipients dialed again, {f['dialed_twice']} dialed twice (goal 0)",
+    ]
+    print("\n" + "\n".join(lines), flush=True)
+
+
 def _postgres_schema_url() -> tuple[str, Any]:
     import uuid
 
@@ -333,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--store", choices=["sqlite", "postgres", "both"], default="sqlite")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--scaled",
+        action="store_true",
+        help="at full size without dialing everyone: all recipients already in the ledger (memory, rows, "
+        "XCom), then half (resume time); for machines where N real dials take too long",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--stats", help=argparse.SUPPRESS)
@@ -345,15 +479,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("sqlite", "postgres") if args.store == "both" else (args.store,):
         with tempfile.TemporaryDirectory(prefix="vs-campaign-") as tmp:
             work = Path(tmp)
-            if name == "sqlite":
-                figures = run_one(name, f"sqlite:///{work / 'store.db'}", args.recipients, work)
-            else:
+            drops: list[Any] = []
+
+            def new_url(name: str = name, work: Path = work, drops: list[Any] = drops) -> str:
+                if name == "sqlite":
+                    drops.append(lambda: None)
+                    return f"sqlite:///{work / f'store-{len(drops)}.db'}"
                 url, drop = _postgres_schema_url()
-                try:
-                    figures = run_one(name, url, args.recipients, work)
-                finally:
+                drops.append(drop)
+                return url
+
+            try:
+                if args.scaled:
+                    figures = run_scaled(name, new_url(), args.recipients, work, new_url)
+                else:
+                    figures = run_one(name, new_url(), args.recipients, work)
+            finally:
+                for drop in drops:
                     drop()
-        _report(figures)
+        (_report_scaled if args.scaled else _report)(figures)
         results.append(figures)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
