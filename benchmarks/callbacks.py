@@ -18,10 +18,11 @@ its own and drops it afterwards.
 The same run first measures the machine's ceiling: a bare FastAPI endpoint on the same
 route (``POST /calls/{token}/status``), under the same uvicorn settings and the same client
 harness, that parses the JSON body and answers 200 without verifying or storing anything
-(:func:`bare_app`). Each backend runs ``--rounds`` times (default 3), each round right after
-a bare run with fresh calls; the receiver's figures are printed as ratios of the bare ones,
-callbacks/s and server CPU per callback, per round and their median, so that the
-comparison holds whatever else loads the machine.
+(:func:`bare_app`). Each backend runs ``--rounds`` times (default 3), each round right beside
+a bare run with fresh calls (after it in the first, third, ... round, before it in the
+others, so that a drifting load favours neither); the receiver's figures are printed as
+ratios of the bare ones, callbacks/s and server CPU per callback, per round and their
+median, so that the comparison holds whatever else loads the machine.
 Goals on a 2-core machine: >= 500 callbacks/s with 0 lost, and >= 0.5x the bare endpoint
 on SQLite.
 """
@@ -41,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -342,6 +343,21 @@ def run_bare(calls: int, clients: int, *, access_log: bool) -> Result:
     return Result("bare", calls, clients, seconds, ok, errors, None, server_cpu)
 
 
+def measure_pair(
+    index: int, args: argparse.Namespace, run_receiver: Callable[[], Result]
+) -> tuple[Result, Result]:
+    """One round: the bare endpoint and the receiver back to back, as ``(bare, receiver)``.
+
+    Odd rounds run the receiver first: when the machine's load drifts during a run (other
+    processes starting or ending), neither side is always the one measured later.
+    """
+    if index % 2:
+        receiver_result = run_receiver()
+        return run_bare(args.calls, args.clients, access_log=args.access_log), receiver_result
+    bare_result = run_bare(args.calls, args.clients, access_log=args.access_log)
+    return bare_result, run_receiver()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -358,29 +374,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
     args = parser.parse_args(argv)
 
-    # Each backend is measured right after a bare run, so a pair shares the machine's load, and
-    # in --rounds pairs (fresh calls each), whose median ratio is the figure: under load from
-    # other processes one pair alone can land on a quiet and a busy moment.
+    # Each backend is measured right beside a bare run (see measure_pair), so a pair shares the
+    # machine's load, and in --rounds pairs (fresh calls each), whose median ratio is the figure:
+    # under load from other processes one pair alone can land on a quiet and a busy moment.
     pairs: dict[str, list[tuple[Result, Result]]] = {}
     if args.backend in ("all", "sqlite"):
         with tempfile.TemporaryDirectory(prefix="vs-bench-db-") as tmp:
             url = f"sqlite:///{tmp}/vonage_studio.db"
             pairs["sqlite"] = [
-                (
-                    run_bare(args.calls, args.clients, access_log=args.access_log),
-                    run("sqlite", url, args.calls, args.clients, access_log=args.access_log),
+                measure_pair(
+                    i, args, lambda: run("sqlite", url, args.calls, args.clients, access_log=args.access_log)
                 )
-                for _ in range(args.rounds)
+                for i in range(args.rounds)
             ]
     if args.backend in ("all", "postgres"):
         if postgres_reachable(args.postgres_url):
             with postgres_schema(args.postgres_url) as url:
                 pairs["postgresql"] = [
-                    (
-                        run_bare(args.calls, args.clients, access_log=args.access_log),
-                        run("postgresql", url, args.calls, args.clients, access_log=args.access_log),
+                    measure_pair(
+                        i,
+                        args,
+                        lambda: run("postgresql", url, args.calls, args.clients, access_log=args.access_log),
                     )
-                    for _ in range(args.rounds)
+                    for i in range(args.rounds)
                 ]
         else:
             print(f"PostgreSQL not reachable at {args.postgres_url}: skipped", file=sys.stderr)
