@@ -185,3 +185,31 @@ def test_sigkill_mid_wave_two_then_a_retry_never_calls_or_messages_anyone_twice(
     # Exactly the never-reached get their one message; a call of unknown outcome may have rung.
     assert {n for n, d in dispositions.items() if d == "not_reached"} == set(messages)
     assert sum(1 for d in dispositions.values() if d == "unknown") <= 1
+
+
+def test_a_closed_calling_window_defers_the_wave_to_its_opening(stack: Stack) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.providers.common.compat.sdk import TaskDeferred
+    from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+    now = datetime.now(timezone.utc)
+    start, end = now + timedelta(hours=2), now + timedelta(hours=3)
+    window = (f"{start:%H}:00", f"{end:%H}:00")
+    op = campaign_operator([{"to": FIRST, "timezone": "UTC"}], calling_window=window)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context())
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, DateTimeTrigger) and deferred.value.method_name == "execute_campaign"
+    assert deferred.value.kwargs == {"wave": 1}
+    assert trigger.moment.hour == start.hour and trigger.moment > now
+    assert stack.emulator.calls == []  # nobody is dialed outside the window
+
+
+def test_a_campaign_needs_the_callback_receiver(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_vonage_studio._compat import AirflowFailException
+
+    monkeypatch.setenv("AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT", stack.emulator.connection_json())
+    with pytest.raises(AirflowFailException, match="callback_base_url"):
+        campaign_operator([FIRST]).execute(context())
+    assert stack.emulator.calls == []
