@@ -41,11 +41,15 @@ class _ElideTokenInPath:
             await self.app(scope, receive, send)
             return
 
+        elided = False
+
         def elide() -> None:
+            nonlocal elided
             scope["path"] = elide_token(scope["path"])
             raw = scope.get("raw_path")
             if isinstance(raw, bytes):
                 scope["raw_path"] = elide_token(raw.decode("latin-1")).encode("latin-1")
+            elided = True
 
         async def send_elided(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -55,4 +59,6 @@ class _ElideTokenInPath:
         try:
             await self.app(scope, receive, send_elided)
         finally:
-            elide()
+            # Once is enough (four regular-expression passes per callback otherwise doubled).
+            if not elided:
+                elide()
