@@ -56,6 +56,8 @@ POKE_INTERVAL = float(os.environ.get("VONAGE_STUDIO_DEMO_POKE_INTERVAL", "5"))
     catchup=False,
     tags=["vonage-studio", "example"],
     doc_md=__doc__,
+    # A retry resumes the campaign from the call ledger: nobody is called twice in one wave.
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
 )
 def reminder_campaign():
     # The return value holds phone numbers: keep it out of the task log (XCom still has it).

@@ -330,7 +330,8 @@ class Demo(AirflowProcesses):
     def bring_up(self) -> None:
         """The emulator, the metadata database and Airflow, until the DAG is parsed."""
         say = self.console.step
-        say(f"Vonage AI Studio demo: the {self.dag_id} DAG in a real Airflow 3, against the emulator")
+        where = "in a real Airflow 3, against the AI Studio emulator"
+        say(f"Vonage AI Studio demo: the {self.dag_id} DAG {where}")
         say(f"temporary AIRFLOW_HOME: {self.home}")
 
         self.start_emulator()
