@@ -14,8 +14,9 @@ window (08:00-21:00 by default; a recipient whose window is closed waits in the 
 until it opens). Calls this DAG placed itself are not called back again (a number gets one
 call back, not one per miss for ever).
 
-The watcher's cursor is kept in the call store under the name ``call_back_missed``: a
-triggerer restart neither loses a miss nor reports it twice (see docs/outcomes.md).
+The watcher's cursor is kept in the call store under the name ``call_back_missed``, and the
+first task acknowledges the events it acts on (``claim_outcomes``): a triggerer restart neither
+loses a miss nor has it called back twice (see docs/outcomes.md).
 
 Settings come from the environment so the DAG runs unchanged against the emulator:
 ``VONAGE_STUDIO_DEMO_AGENT_ID`` (default ``agent-1``), ``VONAGE_STUDIO_DEMO_CALLING_WINDOW``
@@ -38,6 +39,7 @@ from airflow_provider_vonage_studio.triggers.outcome_events import CallOutcomeEv
 log = logging.getLogger(__name__)
 
 DAG_ID = "call_back_missed"
+WATCHER = DAG_ID  # the watcher's name: its cursor in the call store
 AGENT_ID = os.environ.get("VONAGE_STUDIO_DEMO_AGENT_ID", "agent-1")
 # "HH:MM-HH:MM" in each callee's local time; unset: 08:00-21:00.
 CALLING_WINDOW = os.environ.get("VONAGE_STUDIO_DEMO_CALLING_WINDOW") or True
@@ -51,7 +53,7 @@ MISSED = Asset(
             trigger=CallOutcomeEventTrigger(
                 statuses=("busy", "timeout"),
                 agent_id=AGENT_ID,
-                name=DAG_ID,
+                name=WATCHER,
                 poll_interval=POLL_SECONDS,
             ),
         )
@@ -73,7 +75,7 @@ def call_back_missed():
     def missed_recipients(triggering_asset_events: Any = None) -> list[dict[str, Any]]:
         """The numbers to call back, from this run's outcome events (numbers read from the store)."""
         # Imported here: the store (SQLAlchemy) is not needed to parse the DAG.
-        from airflow_provider_vonage_studio.triggers.outcome_events import destinations_of
+        from airflow_provider_vonage_studio.triggers.outcome_events import claim_outcomes, destinations_of
 
         try:
             events = list(triggering_asset_events[MISSED]) if triggering_asset_events else []
@@ -81,6 +83,10 @@ def call_back_missed():
             events = []
         payloads = [(event.extra or {}).get("payload") or {} for event in events]
         missed = {p["call_ref"]: p for p in payloads if p.get("call_ref") and p.get("dag_id") != DAG_ID}
+        # Acknowledge the events: an event handed over twice (after a triggerer restart) is acted
+        # on by one run only; one never acknowledged is handed over again, so none is lost.
+        claimed = claim_outcomes(WATCHER, [p["call_ref"] for p in payloads if p.get("call_ref")])
+        missed = {ref: payload for ref, payload in missed.items() if ref in claimed}
         numbers = destinations_of(missed)
         recipients = [
             {

@@ -21,6 +21,7 @@ trigger resumes there after a triggerer restart.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,32 +118,22 @@ class Changes(StoreBase):
     def _read_changes(
         self, conn: Connection, cursor: ChangeCursor, refs: list[str]
     ) -> tuple[list[Change], ChangeCursor]:
-        t = calls_table
         postgres = self._postgres(conn)
+        # The statement is built once (bound parameters): a poll round runs it every few seconds.
+        query = _changes_query(postgres, bool(refs))
         # A cursor without xmin on PostgreSQL (first read of a stored one): 0 reads everything once.
-        changed = t.c.change_xid >= (cursor.xmin or 0) if postgres else t.c.change_seq > cursor.seq
-        condition = sa.or_(changed, t.c.call_ref.in_(refs)) if refs else changed
-        if not postgres:
-            query = sa.select(t).where(condition).order_by(t.c.change_seq)
-            changes = [_change(row._mapping) for row in conn.execute(query)]
-            top = max((c.seq for c in changes), default=cursor.seq)
-            return changes, ChangeCursor(max(top, cursor.seq))
-        # The snapshot's xmin in the same statement as the rows (one round trip): a one-row CTE
-        # left-joined to the changed rows, so it comes back even when nothing changed.
-        snap = sa.select(_snapshot_xmin().label("vs_snapshot_xmin")).cte("vs_snapshot")
-        query = (
-            sa.select(snap.c.vs_snapshot_xmin, t)
-            .select_from(snap.outerjoin(t, condition))
-            .order_by(t.c.change_seq)
-        )
+        params: dict[str, Any] = {"xmin": cursor.xmin or 0} if postgres else {"seq": cursor.seq}
+        if refs:
+            params["refs"] = refs
         changes = []
         xmin = cursor.xmin or 0
-        for row in conn.execute(query):
-            xmin = int(row.vs_snapshot_xmin)
+        for row in conn.execute(query, params):
+            if postgres:
+                xmin = int(row.vs_snapshot_xmin)
             if row.call_ref is not None:
                 changes.append(_change(row._mapping))
         top = max((c.seq for c in changes), default=cursor.seq)
-        return changes, ChangeCursor(max(top, cursor.seq), xmin)
+        return changes, ChangeCursor(max(top, cursor.seq), xmin if postgres else None)
 
     @staticmethod
     def _postgres(conn: Connection) -> bool:
@@ -171,6 +162,33 @@ class Changes(StoreBase):
                 query = sa.select(t.c.call_ref).where(t.c.name == name, t.c.call_ref.in_(chunk))
                 found.update(ref for (ref,) in conn.execute(query))
         return found
+
+    def unacknowledged(self, name: str) -> list[str]:
+        """The call_refs the reader ``name`` handed over that no consumer acknowledged yet."""
+        _check_name(name)
+        t = change_cursors_table
+        with self._transaction(write=False) as conn:
+            query = sa.select(t.c.call_ref).where(
+                t.c.name == name, t.c.call_ref != _POSITION, t.c.position.is_(None)
+            )
+            return [ref for (ref,) in conn.execute(query.order_by(t.c.updated_at, t.c.call_ref))]
+
+    def acknowledge(self, name: str, call_refs: Iterable[str]) -> set[str]:
+        """Claim ``call_refs`` handed over by the reader ``name`` for processing: the ones this
+        call acknowledged (handed over, and not acknowledged before). Atomic: of two consumers
+        claiming the same call_ref, exactly one gets it."""
+        _check_name(name)
+        refs = [ref for ref in dict.fromkeys(call_refs) if ref]
+        t = change_cursors_table
+        claimed: set[str] = set()
+        now = _utcnow()
+        with self._transaction(write=True) as conn:
+            for ref in refs:
+                key = (t.c.name == name) & (t.c.call_ref == ref) & t.c.position.is_(None)
+                done = t.update().where(key).values(position=_ACKNOWLEDGED, updated_at=now)
+                if conn.execute(done).rowcount:
+                    claimed.add(ref)
+        return claimed
 
     def advance_cursor(self, name: str, cursor: ChangeCursor, handed: Iterable[str] = ()) -> None:
         """Store ``cursor`` as the position of ``name`` and mark ``handed`` call_refs as handed
@@ -204,6 +222,30 @@ class Changes(StoreBase):
                 ]
                 if new:
                     conn.execute(t.insert(), new)
+
+
+#: ``position`` of a mark a consumer acknowledged (``NULL``: handed over, not acknowledged yet).
+_ACKNOWLEDGED = {"acknowledged": True}
+
+
+@functools.cache
+def _changes_query(postgres: bool, with_refs: bool) -> Any:
+    """The change-feed SELECT (bound ``seq`` or ``xmin``, and ``refs`` when ``with_refs``)."""
+    t = calls_table
+    if postgres:
+        changed = t.c.change_xid >= sa.bindparam("xmin", type_=sa.BigInteger())
+    else:
+        changed = t.c.change_seq > sa.bindparam("seq", type_=sa.BigInteger())
+    if with_refs:
+        changed = sa.or_(changed, t.c.call_ref.in_(sa.bindparam("refs", expanding=True)))
+    if not postgres:
+        return sa.select(t).where(changed).order_by(t.c.change_seq)
+    # The snapshot's xmin in the same statement as the rows (one round trip): a one-row CTE
+    # left-joined to the changed rows, so it comes back even when nothing changed.
+    snap = sa.select(_snapshot_xmin().label("vs_snapshot_xmin")).cte("vs_snapshot")
+    return (
+        sa.select(snap.c.vs_snapshot_xmin, t).select_from(snap.outerjoin(t, changed)).order_by(t.c.change_seq)
+    )
 
 
 def _snapshot_xmin() -> Any:

@@ -44,7 +44,14 @@ from airflow_provider_vonage_studio.outcome import normalize_interval, open_stor
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.store import CallRecord, CallStore, ChangeCursor
 
-__all__ = ["CallOutcomeEvent", "CallOutcomeEventTrigger", "destinations_of", "final_status", "outcome_event"]
+__all__ = [
+    "CallOutcomeEvent",
+    "CallOutcomeEventTrigger",
+    "claim_outcomes",
+    "destinations_of",
+    "final_status",
+    "outcome_event",
+]
 
 #: Reading the store failed this many rounds in a row: the warning says so once more loudly
 #: (an asset watcher never gives up: it runs for as long as the DAG is scheduled on it).
@@ -96,6 +103,14 @@ def destinations_of(call_refs: Iterable[str], store_url: str | None = None) -> d
     DAG triggered by outcome events learns whom to call back without numbers in the events."""
     records = open_store(store_url).get_calls(list(call_refs))
     return {ref: record.destination for ref, record in records.items()}
+
+
+def claim_outcomes(watcher: str, call_refs: Iterable[str], store_url: str | None = None) -> set[str]:
+    """Acknowledge the outcome events of ``call_refs`` for the watcher named ``watcher`` (the
+    trigger's ``name``): the call_refs this DAG run should act on. An event handed over twice
+    (after a triggerer restart) is claimed by one run only; an event never acknowledged is
+    handed over again when the watcher restarts, so none is lost."""
+    return open_store(store_url).acknowledge(watcher, call_refs)
 
 
 class CallOutcomeEventTrigger(BaseEventTrigger):
@@ -194,11 +209,28 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
             await asyncio.to_thread(store.advance_cursor, self.name, cursor)
         return cursor
 
+    async def _unacknowledged(self, store: CallStore) -> dict[str, CallOutcomeEvent]:
+        """Events handed over before (by an earlier run of this watcher) that no DAG run has
+        acknowledged yet: Airflow may never have stored them (a triggerer killed meanwhile)."""
+        refs = await asyncio.to_thread(store.unacknowledged, self.name)
+        if not refs:
+            return {}
+        records = await asyncio.to_thread(store.get_calls, refs)
+        events = {}
+        for ref in refs:
+            record = records.get(ref)
+            status = final_status(record) if record is not None else None
+            if record is not None and status is not None:
+                events[ref] = outcome_event(record, status)
+        return events
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Follow the change feed for ever, yielding one event per newly final matching call."""
+        """Follow the change feed for ever, yielding one event per newly final matching call
+        (and, first, again every event handed over before but not acknowledged)."""
         store = open_store(self.store_url)
         cursor: ChangeCursor | None = None
         failures = 0
+        again: dict[str, CallOutcomeEvent] | None = None
         self.log.info(
             "Watching call outcomes %s (agent %s, DAG %s) as %r, every %ss",
             ", ".join(self.statuses),
@@ -211,6 +243,14 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
             try:
                 if cursor is None:
                     cursor = await self._start(store)
+                if again is None:
+                    again = await self._unacknowledged(store)
+                    if again:
+                        self.log.info(
+                            "Handing over again %d outcome event(s) not acknowledged yet", len(again)
+                        )
+                    for event in again.values():
+                        yield TriggerEvent(dict(event))
                 changes, new = await asyncio.to_thread(store.changes_since, cursor)
                 due = self._due(changes)
                 handed = await asyncio.to_thread(store.handed_over, self.name, due) if due else set()

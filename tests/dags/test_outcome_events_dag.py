@@ -78,6 +78,8 @@ def _env(airflow: AirflowProcesses, emulator_url: str, postgres_url: str) -> tup
         "AIRFLOW__VONAGE_STUDIO__STORE_URL": store_url,
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # The watcher is registered when the file is parsed again after the DAG was unpaused.
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
         "VONAGE_STUDIO_OUTCOME_POLL_SECONDS": "0.5",
         "VONAGE_STUDIO_DEMO_AGENT_ID": AGENT,
         "AIRFLOW_CONN_VONAGE_STUDIO_DEFAULT": json.dumps(
@@ -148,7 +150,9 @@ def test_each_missed_call_is_called_back_once_across_a_triggerer_kill() -> None:
             timeout=300,
             interval=0.05,
         )
-        airflow.components["triggerer"].signal(signal.SIGKILL)
+        killed = airflow.components.pop("triggerer")  # dead on purpose: not a failure of the run
+        killed.signal(signal.SIGKILL)
+        airflow.wait_until("the triggerer to die", lambda: killed.stopped, timeout=30, interval=0.1)
         for i, ref in enumerate(refs[6:]):
             _record(store, ref, missed[ref], statuses[i % 2])
         airflow.start("triggerer-restarted", [airflow_bin(), "triggerer"], env)

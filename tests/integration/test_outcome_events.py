@@ -15,7 +15,11 @@ from airflow.triggers.base import BaseEventTrigger
 
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
 from airflow_provider_vonage_studio.store import CallStore
-from airflow_provider_vonage_studio.triggers.outcome_events import CallOutcomeEventTrigger, destinations_of
+from airflow_provider_vonage_studio.triggers.outcome_events import (
+    CallOutcomeEventTrigger,
+    claim_outcomes,
+    destinations_of,
+)
 
 # The autouse fixture closes the stores open_store() cached for each test.
 from tests.unit.call_rows import AGENT, NUMBER, dispose_named_stores  # noqa: F401
@@ -123,28 +127,39 @@ def test_a_restart_neither_loses_nor_repeats(store: CallStore, store_url: str) -
     for ref in refs:
         _placed(store, ref)
 
-    async def scenario() -> list[str]:
-        seen: list[str] = []
+    async def scenario() -> tuple[list[str], list[str]]:
+        before: list[str] = []
         events = _trigger(store_url, statuses=("busy",), name="restart", start_from="beginning").run()
         await asyncio.to_thread(lambda: [_reported(store, ref) for ref in refs[:4]])
-        # Three events taken (the third only yielded: the "triggerer" stops before resuming it).
-        seen += [p["call_ref"] for p in await _take(events, 3)]
+        # Three events: the first two taken and acknowledged by their DAG run; the second's run
+        # never came (Airflow lost it with the triggerer); the third yielded, never taken.
+        before += [p["call_ref"] for p in await _take(events, 3)]
+        assert claim_outcomes("restart", before[:1], store_url) == {before[0]}
         await events.aclose()  # the triggerer dies here
         # Meanwhile more outcomes arrive.
         await asyncio.to_thread(lambda: [_reported(store, ref) for ref in refs[4:]])
         events = _trigger(store_url, statuses=("busy",), name="restart").run()
-        seen += [p["call_ref"] for p in await _take(events, 4)]
+        after = [p["call_ref"] for p in await _take(events, 5)]
         assert await _nothing_more(events)
         await events.aclose()
-        return seen
+        return before, after
 
-    seen = asyncio.run(scenario())
-    # The event yielded but never taken comes again (the triggerer may not have stored it);
-    # every one taken does not.
-    assert sorted(set(seen)) == refs
-    assert len(seen) == len(refs) + 1 and seen.count(seen[2]) == 2
-    # A third start finds nothing new.
-    assert CallStore(store_url).handed_over("restart", refs) == set(refs)
+    before, after = asyncio.run(scenario())
+    # Nothing lost: the unacknowledged one and the one never taken come again, then the rest.
+    assert sorted(set(before) | set(after)) == refs
+    assert before[0] not in after  # acknowledged: never again
+    assert set(after[:2]) == set(before[1:3])  # first, before anything new
+    # Acting on them: each call_ref is claimed once, however often it was handed over.
+    claimed = [claim_outcomes("restart", [ref], store_url) for ref in after]
+    assert set().union(*claimed) == set(after) and claim_outcomes("restart", refs, store_url) == set()
+
+
+def test_claims_are_atomic_and_only_for_handed_over_events(store: CallStore, store_url: str) -> None:
+    store.advance_cursor("w", store.change_cursor(), handed=["vs-1", "vs-2"])
+    assert set(store.unacknowledged("w")) == {"vs-1", "vs-2"}
+    assert claim_outcomes("w", ["vs-1", "vs-9"], store_url) == {"vs-1"}  # vs-9 was never handed over
+    assert claim_outcomes("w", ["vs-1", "vs-2"], store_url) == {"vs-2"}
+    assert store.unacknowledged("w") == []
 
 
 def test_start_from_now_skips_history(store: CallStore, store_url: str) -> None:
