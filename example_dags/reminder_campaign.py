@@ -23,7 +23,9 @@ against the emulator, with the spacing shortened to seconds. Settings from the e
 ``VONAGE_STUDIO_CAMPAIGN_MESSAGE_AGENT_ID`` (messaging agent, default ``agent-messages``),
 ``VONAGE_STUDIO_CAMPAIGN_SPACING`` (seconds between waves, default 3600),
 ``VONAGE_STUDIO_CAMPAIGN_CALLING_WINDOW`` (``HH:MM-HH:MM``, default ``09:00-20:00``),
-``VONAGE_STUDIO_DEMO_ANSWER_WINDOW`` and ``VONAGE_STUDIO_DEMO_POKE_INTERVAL`` (seconds).
+``VONAGE_STUDIO_DEMO_ANSWER_WINDOW`` and ``VONAGE_STUDIO_DEMO_POKE_INTERVAL`` (seconds),
+``VONAGE_STUDIO_CAMPAIGN_RETRIES`` (default 2) and ``VONAGE_STUDIO_CAMPAIGN_RETRY_DELAY``
+(seconds, default 60).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ SPACING = timedelta(seconds=float(os.environ.get("VONAGE_STUDIO_CAMPAIGN_SPACING
 CALLING_WINDOW = tuple(os.environ.get("VONAGE_STUDIO_CAMPAIGN_CALLING_WINDOW", "09:00-20:00").split("-", 1))
 ANSWER_WINDOW = timedelta(seconds=float(os.environ.get("VONAGE_STUDIO_DEMO_ANSWER_WINDOW", "90")))
 POKE_INTERVAL = float(os.environ.get("VONAGE_STUDIO_DEMO_POKE_INTERVAL", "5"))
+RETRIES = int(os.environ.get("VONAGE_STUDIO_CAMPAIGN_RETRIES", "2"))
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("VONAGE_STUDIO_CAMPAIGN_RETRY_DELAY", "60")))
 
 
 @dag(
@@ -57,7 +61,7 @@ POKE_INTERVAL = float(os.environ.get("VONAGE_STUDIO_DEMO_POKE_INTERVAL", "5"))
     tags=["vonage-studio", "example"],
     doc_md=__doc__,
     # A retry resumes the campaign from the call ledger: nobody is called twice in one wave.
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
+    default_args={"retries": RETRIES, "retry_delay": RETRY_DELAY},
 )
 def reminder_campaign():
     # The return value holds phone numbers: keep it out of the task log (XCom still has it).
