@@ -53,7 +53,7 @@ def test_an_sms_and_a_whatsapp_are_sent_and_their_statuses_recorded(tmp_path, ca
             ("whatsapp", "447700900202"),
         ], output[-3000:]
         # The strict emulator (one budget of 1/s for the agent) never refused one.
-        assert [r.status for r in emulator.requests] == [200] * 4
+        assert [r.status for r in emulator.requests] == [200] * 4, [r.to_dict() for r in emulator.requests]
         wa = [m for m in messages if m.channel == "whatsapp"]
         assert {m.template for m in wa} == {"appointment_reminder"}
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", wa[0].components[0]["parameters"][0]["text"])
@@ -62,7 +62,7 @@ def test_an_sms_and_a_whatsapp_are_sent_and_their_statuses_recorded(tmp_path, ca
             (("CALLER_NAME", "Ann"),),
             (("CALLER_NAME", "Bob"),),
         }
-        emulator.wait_for_message_callbacks(5, timeout=15)
+        emulator.wait_for_message_callbacks(5, timeout=30)
 
     store = CallStore(store_url)
     try:
