@@ -11,16 +11,15 @@ waits for the call), else its ``outcome`` (the verdict a waiting task recorded: 
 a failure status). So a watcher on ``("busy", "timeout")`` sees missed calls of fire-and-forget
 DAGs too, and ``answered`` arrives when a sensor, trigger or waiting operator decided it.
 
-**Delivery.** The watcher's position (a change-feed cursor) and the call_refs it has handed
-over live in the store under the watcher's ``name`` (given, or derived from the filters). An
-event's call_ref is marked handed over right after the triggerer took the event (the trigger's
-generator is resumed only then), and the position moves past a batch only once every event of
-it was handed over and marked. After a triggerer restart the trigger re-reads from its stored
-position and skips marked call_refs: no outcome is lost, none repeated. What stays open is the
-instant between the triggerer taking an event and writing it to Airflow's database: a hard kill
-of the triggerer exactly then loses that one event (Airflow's trigger API has no
-acknowledgement of that write), so the guarantee is at most once per watcher name for that
-instant, exactly once otherwise.
+**Delivery.** The watcher's position (a change-feed cursor) and a mark per call_ref it handed
+over live in the store under the watcher's ``name`` (given, or derived from the filters). A
+call_ref is marked right after the triggerer took its event (the generator resumes only then);
+the position moves past a batch only once each of its events was marked. Taken is not stored:
+the triggerer holds events in memory before writing them to Airflow's database, and a triggerer
+killed meanwhile loses them. So a DAG acknowledges what it acts on (:func:`claim_outcomes`,
+atomic), and a restarted watcher first hands over again every marked event nobody acknowledged:
+each outcome reaches a run at least once and is acted on exactly once by a DAG that claims
+before it acts.
 
 **No phone numbers in events.** The triggerer logs every event it fires; the payload carries
 the call_ref, status, agent and task identity. A DAG that needs the number looks it up by

@@ -74,6 +74,8 @@ def _env(airflow: AirflowProcesses, emulator_url: str, postgres_url: str) -> tup
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
         **airflow.api_server_settings(),
+        # Asset-triggered runs are scheduled runs: the harness turns those off by default.
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__VONAGE_STUDIO__STORE_URL": store_url,
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
