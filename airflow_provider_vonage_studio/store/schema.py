@@ -315,11 +315,6 @@ def _outcome_sources(conn: Connection) -> None:
     _add_missing_columns(conn, calls_table, ("outcome_source", "ended_at"))
 
 
-def _add_channel(conn: Connection) -> None:
-    """Version 7: ``vonage_studio_calls.channel`` (NULL for calls, ``sms``/``whatsapp`` for messages)."""
-    _add_missing_columns(conn, calls_table, ("channel",))
-
-
 def _change_feed(conn: Connection) -> None:
     """Version 4: ``change_seq``/``change_xid`` on call rows (indexed; PostgreSQL's sequence),
     existing rows numbered. The cursor table is new: ``create_all`` made it."""
@@ -339,6 +334,11 @@ def _change_feed(conn: Connection) -> None:
 def _add_batch_results(conn: Connection) -> None:
     """Version 6: ``vonage_studio_batch_results`` (per-recipient results of a batch)."""
     batch_results_table.create(conn, checkfirst=True)
+
+
+def _add_channel(conn: Connection) -> None:
+    """Version 7: ``vonage_studio_calls.channel`` (NULL for calls, ``sms``/``whatsapp`` for messages)."""
+    _add_missing_columns(conn, calls_table, ("channel",))
 
 
 #: Upgrade steps: ``_MIGRATIONS[n]`` takes a store at version ``n - 1`` to version ``n``.
