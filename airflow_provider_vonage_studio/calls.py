@@ -22,6 +22,7 @@ __all__ = [
     "CALL_REF_PREFIX",
     "FAILURE_STATUSES",
     "FINAL_STATUSES",
+    "MESSAGE_CHANNELS",
     "OUTCOME_VALUES",
     "CallRecord",
     "CallState",
@@ -29,6 +30,7 @@ __all__ = [
     "RecordOutcome",
     "TaskIdentity",
     "is_call_ref",
+    "is_message_row",
     "make_call_ref",
 ]
 
@@ -43,6 +45,15 @@ FINAL_STATUSES: tuple[str, ...] = (ANSWERED, *FAILURE_STATUSES)
 
 #: The verdicts a waiting task may record on a call (the same set as :data:`FINAL_STATUSES`).
 OUTCOME_VALUES = FINAL_STATUSES
+
+#: The ``channel`` of a ledger row that is a message, not a call (calls have none).
+MESSAGE_CHANNELS: tuple[str, ...] = ("sms", "whatsapp")
+
+
+def is_message_row(channel: str | None) -> bool:
+    """Whether a ledger row with this ``channel`` is a message (its statuses and routes differ)."""
+    return channel in MESSAGE_CHANNELS
+
 
 #: Prefix of every call reference built by :func:`make_call_ref`.
 CALL_REF_PREFIX = "vs-"

@@ -195,7 +195,8 @@ class DialingMixin(PacingMixin, HttpMixin):
         from airflow_provider_vonage_studio.callbacks.tokens import elide_token
         from airflow_provider_vonage_studio.destinations import redact
 
-        body = self._with_end_call_token(body, call_ref, status_url)
+        if path == MAKE_CALL_PATH:  # a message has no end-call flow to run the webhook from
+            body = self._with_end_call_token(body, call_ref, status_url)
         self.log.info(
             "Dialing %s from agent %s (call_ref=%s, status_url=%s)",
             redact(body["to"]),

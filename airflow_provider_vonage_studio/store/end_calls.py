@@ -19,7 +19,7 @@ from enum import Enum
 
 import sqlalchemy as sa
 
-from airflow_provider_vonage_studio.calls import ANSWERED, CallState, OutcomeSource
+from airflow_provider_vonage_studio.calls import ANSWERED, MESSAGE_CHANNELS, CallState, OutcomeSource
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
 from airflow_provider_vonage_studio.store.engine import StoreBase
 from airflow_provider_vonage_studio.store.schema import _as_utc, _utcnow, calls_table
@@ -75,6 +75,8 @@ class EndCalls(StoreBase):
             row = conn.execute(
                 sa.select(t.c.state, t.c.session_start_time, t.c.status, t.c.outcome, t.c.outcome_source)
                 .where(t.c.call_ref == call_ref)
+                # A message's row is no call: no end-call webhook can confirm it.
+                .where(sa.or_(t.c.channel.is_(None), t.c.channel.notin_(MESSAGE_CHANNELS)))
                 .with_for_update()
             ).first()
             refused = _refusal(row, max_age, issued_at, now)

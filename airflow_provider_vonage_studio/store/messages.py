@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from airflow_provider_vonage_studio.calls import CallRecord, CallState, RecordOutcome
+from airflow_provider_vonage_studio.calls import MESSAGE_CHANNELS, CallRecord, CallState, RecordOutcome
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
 from airflow_provider_vonage_studio.store.call_rows import _check_call_ref, _record_from_values
 from airflow_provider_vonage_studio.store.engine import StoreBase
@@ -38,9 +38,6 @@ from airflow_provider_vonage_studio.store.statuses import (
 )
 
 __all__ = ["MESSAGE_CHANNELS", "MessageStatus", "Messages"]
-
-#: The ``channel`` values of message rows.
-MESSAGE_CHANNELS = ("sms", "whatsapp")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from airflow_provider_vonage_studio.calls import CallState, OutcomeSource, RecordOutcome
+from airflow_provider_vonage_studio.calls import MESSAGE_CHANNELS, CallState, OutcomeSource, RecordOutcome
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
 from airflow_provider_vonage_studio.store.engine import StoreBase
 from airflow_provider_vonage_studio.store.errors import _StatusBatchRaced
@@ -397,6 +397,9 @@ def _lock_calls_statement() -> sa.Select[Any]:
             calls.c.outcome_source,
         )
         .where(calls.c.call_ref.in_(sa.bindparam("refs", expanding=True)))
+        # A message's row is no call: its token posted to a call's route reads as an unknown
+        # call (its statuses are recorded by store/messages.py, never as a call's status).
+        .where(sa.or_(calls.c.channel.is_(None), calls.c.channel.notin_(MESSAGE_CHANNELS)))
         .order_by(calls.c.call_ref)
         .with_for_update()
     )
