@@ -64,7 +64,8 @@ _ISSUED_RE = re.compile(r"[0-9A-Za-z]{1,12}")
 # contain neither NUL nor this prefix, so no signature of one form verifies as the other.
 _STAMPED_PREFIX = b"vs-token-v2\x00"
 # The token segment in a status URL built by build_status_url.
-_STATUS_PATH_RE = re.compile(r"(/calls/)[^/?#]+(/status)(?=$|[/?#])")
+# Every path that carries a token: a call's status and end-call routes, a message's status route.
+_STATUS_PATH_RE = re.compile(r"(/calls/|/messages/)[^/?#]+(/status|/ended)(?=$|[/?#])")
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ def build_status_url(base_url: str, call_ref: str, secret: str) -> str:
 
 
 def elide_token(url: str) -> str:
-    """Return ``url`` with the token of a ``.../calls/<token>/status`` path replaced by ``***``.
+    """Return ``url`` with the token of a ``.../calls/<token>/status`` (or ``/ended``) or
+    ``.../messages/<token>/status`` path replaced by ``***``.
 
     Use it before logging a status URL or a receiver request path. A URL without such a
     path is returned unchanged.

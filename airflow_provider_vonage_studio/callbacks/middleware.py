@@ -1,21 +1,14 @@
-"""ASGI middleware of the receiver: the call token never reaches an access log (status and
-end-call routes alike)."""
+"""ASGI middleware of the receiver: a token never reaches an access log (a call's status and
+end-call routes, a message's status route alike)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from airflow_provider_vonage_studio.signing import elide_token as _elide_status_token
+from airflow_provider_vonage_studio.signing import elide_token
 
-# The token segment of the end-call route (signing.elide_token knows only ``/status``).
-_ENDED_PATH_RE = re.compile(r"(/calls/)[^/?#]+(/ended)(?=$|[/?#])")
-
-
-def elide_token(path: str) -> str:
-    """``path`` with the token of ``/calls/<token>/status`` or ``/calls/<token>/ended`` as ``***``."""
-    return _ENDED_PATH_RE.sub(r"\1***\2", _elide_status_token(path))
+__all__ = ["elide_token"]
 
 
 class _ElideTokenInPath:
@@ -37,7 +30,8 @@ class _ElideTokenInPath:
         receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
         send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     ) -> None:
-        if scope["type"] != "http" or "/calls/" not in scope.get("path", ""):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or ("/calls/" not in path and "/messages/" not in path):
             await self.app(scope, receive, send)
             return
 

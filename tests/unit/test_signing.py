@@ -378,3 +378,37 @@ def test_old_tokens_module_still_exports_every_name() -> None:
     for name in old.__all__:
         home = calls if name in ("CALL_REF_PREFIX", "make_call_ref") else signing
         assert getattr(old, name) is getattr(home, name), name
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/vonage-studio/calls/{t}/status",
+        "/vonage-studio/calls/{t}/ended",
+        "/vonage-studio/messages/{t}/status",
+    ],
+)
+def test_every_route_that_carries_a_token_is_elided(path: str) -> None:
+    token = sign_token("vs-abc", SECRET)
+    elided = elide_token("https://example.test" + path.format(t=token) + "?x=1")
+    assert token not in elided and "/***/" in elided and elided.endswith("?x=1")
+
+
+def test_the_receiver_middleware_elides_a_message_token_before_the_access_log() -> None:
+    import asyncio
+
+    from airflow_provider_vonage_studio.callbacks.middleware import _ElideTokenInPath
+
+    token = sign_token("vs-msg", SECRET)
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen.append(scope["path"])
+
+    async def send(message: Any) -> None:
+        return None
+
+    scope: dict[str, Any] = {"type": "http", "path": f"/messages/{token}/status", "raw_path": b""}
+    asyncio.run(_ElideTokenInPath(app)(scope, None, send))  # type: ignore[arg-type]
+    assert seen == ["/messages/***/status"] and token not in scope["path"]
