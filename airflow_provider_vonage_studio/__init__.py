@@ -43,6 +43,8 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": _INTEGRATION, "python-modules": [f"{_PKG}.triggers.vonage_studio"]}
         ],
         "notifications": [f"{_PKG}.notifications.vonage_studio.VonageStudioCallNotifier"],
+        # The task instance's "Call outcomes" button (attached to each calling or waiting operator).
+        "extra-links": [f"{_PKG}.links.CallOutcomesLink"],
         "connection-types": [
             {
                 "hook-class-name": f"{_PKG}.hooks.vonage_studio.VonageStudioHook",
@@ -134,6 +136,13 @@ def _conn_fields() -> dict[str, Any]:
             "description": "Comma-separated secrets still accepted by the receiver while tokens signed "
             "with them may arrive (secret rotation).",
             "schema": {"type": ["string", "null"], "format": "password"},
+        },
+        "end_call_webhook": {
+            "label": "End-call webhook",
+            "description": "Give each call its signed token as the session parameter VS_CALL_TOKEN, for "
+            "the agent's End Call Event webhook (POST <callback base URL>/calls/<token>/ended): an "
+            "answered call is then confirmed as soon as it ends. Needs the callback base URL.",
+            "schema": {"type": ["boolean", "null"], "default": False},
         },
         "timeout": {
             "label": "Timeout (s)",

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_vonage_studio.calls import OutcomeSource
+from airflow_provider_vonage_studio.calls import ANSWERED, OutcomeSource
 from airflow_provider_vonage_studio.events import fail_task, source_of, verdict_of
 from airflow_provider_vonage_studio.exceptions import (
     CallFailed,
@@ -23,6 +23,7 @@ from airflow_provider_vonage_studio.outcome import (
     FAILURE_STATUSES,
     CallOutcome,
     evaluate_call,
+    normalize_answer_window,
     open_store,
     record_verdict,
 )
@@ -30,7 +31,28 @@ from airflow_provider_vonage_studio.outcome import (
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.store import CallStore
 
-__all__ = ["check_call_result", "parameter_names", "record_event_verdict", "settle"]
+__all__ = [
+    "CONFIRM_INSIGHTS",
+    "DEFAULT_CONFIRM_TIMEOUT",
+    "check_call_result",
+    "confirm_by_insights",
+    "confirm_deadline",
+    "normalize_confirm_answered",
+    "normalize_confirm_timeout",
+    "parameter_names",
+    "record_event_verdict",
+    "settle",
+    "store_insights_confirmation",
+]
+
+#: ``confirm_answered``'s one value: read the session through Insights before an inferred
+#: ``answered`` is accepted.
+CONFIRM_INSIGHTS = "insights"
+
+#: How long after the answer window an inferred ``answered`` waits for Insights to index its
+#: session (404 until then) before it is accepted as inferred. Indexing usually takes seconds to
+#: a few minutes; past this bound the session is unlikely to appear soon.
+DEFAULT_CONFIRM_TIMEOUT = timedelta(minutes=10)
 
 
 def settle(
@@ -169,3 +191,100 @@ def check_call_result(
         )
         return None
     return {"call_ref": call_ref, "session_id": session_id, "parameters": parameters, "call_status": None}
+
+
+# ----------------------------------------------------------------------- Insights confirmation
+
+
+def normalize_confirm_answered(value: Any) -> str | None:
+    """``confirm_answered`` checked: ``None`` (accept an inferred ``answered``) or
+    ``"insights"`` (:data:`CONFIRM_INSIGHTS`).
+
+    :raises VonageStudioConfigError: naming ``confirm_answered`` for anything else.
+    """
+    if value is None or value == CONFIRM_INSIGHTS:
+        return value
+    raise VonageStudioConfigError(
+        f"confirm_answered: expected None or {CONFIRM_INSIGHTS!r} (read the session through Insights "
+        f"before accepting an inferred 'answered'), got {value!r}"
+    )
+
+
+def normalize_confirm_timeout(value: timedelta | float) -> timedelta:
+    """``confirm_timeout`` as a ``timedelta`` (numbers are seconds; zero up to a day).
+
+    :raises VonageStudioConfigError: naming ``confirm_timeout`` for anything else.
+    """
+    return normalize_answer_window(value, "confirm_timeout")
+
+
+def confirm_deadline(outcome: CallOutcome, confirm_timeout: timedelta) -> datetime | None:
+    """Until when an inferred ``outcome`` waits for Insights: ``confirm_timeout`` past the end of
+    its answer window (``status_at``); ``None`` for an outcome that needs no confirmation."""
+    if not (outcome.answered and outcome.source == OutcomeSource.INFERRED.value):
+        return None
+    return (outcome.status_at or datetime.now(timezone.utc)) + confirm_timeout
+
+
+def confirm_by_insights(
+    outcome: CallOutcome | None,
+    *,
+    hook: Any,
+    store: CallStore,
+    confirm_timeout: timedelta,
+    now: datetime | None = None,
+) -> CallOutcome | None:
+    """Confirm an inferred ``answered`` by reading the call's session through Insights.
+
+    Returns ``outcome`` itself when it needs no confirmation (``None``, a failure status, an
+    answer already confirmed by the end-call webhook or Insights). For an inferred ``answered``
+    it reads ``hook.get_session_parameters`` (paced and retried by the hook like every Insights
+    read): found, the parameters and the verdict ``answered`` with source ``insights`` are
+    stored and that outcome returned; 404 (not indexed yet) → ``None`` (keep waiting) until
+    ``confirm_timeout`` past the answer window, then the inferred ``outcome`` as it was.
+
+    :raises VonageStudioError: what the hook raises besides a 404 (401, an unknown body shape,
+        the API unreachable after its retries); the store's errors.
+    """
+    deadline = confirm_deadline(outcome, confirm_timeout) if outcome is not None else None
+    if outcome is None or deadline is None:
+        return outcome
+    record = store.get_call(outcome.call_ref)
+    if record is None or not record.session_id or record.session_start_time is None:
+        return outcome  # nothing to read the session by: the inference stands
+    try:
+        parameters = hook.get_session_parameters(record.session_id, record.session_start_time)
+    except SessionNotFound:
+        if (now or datetime.now(timezone.utc)) >= deadline:
+            hook.log.info(
+                "Call %s: Insights has not indexed session %s within %s of the answer window; "
+                "'answered' stays inferred",
+                outcome.call_ref,
+                record.session_id,
+                confirm_timeout,
+            )
+            return outcome
+        hook.log.info(
+            "Call %s: waiting for Insights to index session %s (until %s) to confirm 'answered'",
+            outcome.call_ref,
+            record.session_id,
+            deadline.isoformat(),
+        )
+        return None
+    return store_insights_confirmation(store, outcome.call_ref, parameters)
+
+
+def store_insights_confirmation(
+    store: CallStore, call_ref: str, parameters: Mapping[str, Any]
+) -> CallOutcome:
+    """Keep the session's ``parameters`` with the call and its verdict ``answered`` (source
+    ``insights``; a verdict stored earlier wins, as always); the confirmed outcome."""
+    store.set_parameters(call_ref, {str(k): str(v) for k, v in dict(parameters).items()})
+    store.record_outcome(call_ref, ANSWERED, source=OutcomeSource.INSIGHTS.value)
+    return CallOutcome(
+        call_ref,
+        ANSWERED,
+        inferred=False,
+        status_at=datetime.now(timezone.utc),
+        source=OutcomeSource.INSIGHTS,
+    )

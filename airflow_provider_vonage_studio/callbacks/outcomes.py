@@ -19,6 +19,7 @@ from airflow_provider_vonage_studio.callbacks.responses import _error
 from airflow_provider_vonage_studio.callbacks.settings import LOGGER_NAME, OutcomeViewMode
 
 if TYPE_CHECKING:
+    from airflow_provider_vonage_studio.callbacks import view
     from airflow_provider_vonage_studio.store import CallRecord, CallStore
 
 log = logging.getLogger(LOGGER_NAME)
@@ -41,11 +42,7 @@ def _add_outcome_routes(app: FastAPI, get_store: Callable[[], CallStore], mode: 
                 return guard
             allowed = guard
         try:
-            calls = await run_in_threadpool(
-                functools.partial(
-                    get_store().recent_calls, filters.limit, dag_id=filters.dag_id, run_id=filters.run_id
-                )
-            )
+            calls = await run_in_threadpool(functools.partial(_read_calls, get_store(), filters))
         except Exception as exc:
             log.error("outcome view: call store error %s", type(exc).__name__)
             return _error(503, "the call store is unavailable")
@@ -78,6 +75,18 @@ def _add_outcome_routes(app: FastAPI, get_store: Callable[[], CallStore], mode: 
             return selected
         calls, filters = selected
         return JSONResponse(view.outcomes_payload(calls, filters=filters))
+
+
+def _read_calls(store: CallStore, filters: view.Filters) -> list[CallRecord]:
+    """The calls the filters select, newest first. ``task_id``/``map_index`` are applied here,
+    over the run's most recent :data:`~.view.MAX_LIMIT` calls (the store filters by DAG and run
+    only), then cut to ``limit``."""
+    from airflow_provider_vonage_studio.callbacks.view import MAX_LIMIT
+
+    if not filters.by_task:
+        return store.recent_calls(filters.limit, dag_id=filters.dag_id, run_id=filters.run_id)
+    calls = store.recent_calls(MAX_LIMIT, dag_id=filters.dag_id, run_id=filters.run_id)
+    return [call for call in calls if filters.matches_task(call)][: filters.limit]
 
 
 async def _airflow_guard(request: Request) -> Callable[[set[str]], set[str]] | Response:

@@ -80,15 +80,19 @@ _DIGIT_RUN_RE = re.compile(r"\+?[0-9][0-9 ().-]{5,}[0-9]")
 
 @dataclass(frozen=True)
 class Filters:
-    """What the page was asked to show: optional ``dag_id``/``run_id`` and how many recent calls."""
+    """What the page was asked to show: optional ``dag_id``/``run_id``, ``task_id``/``map_index``
+    (one task instance's calls: the "Call outcomes" task link) and how many recent calls."""
 
     dag_id: str | None = None
     run_id: str | None = None
     limit: int = DEFAULT_LIMIT
+    task_id: str | None = None
+    map_index: int | None = None
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> Filters | str:
-        """Read ``dag_id``, ``run_id`` and ``limit`` (1..5000) from query parameters.
+        """Read ``dag_id``, ``run_id``, ``task_id``, ``map_index`` (a whole number, ``-1`` for an
+        unmapped task) and ``limit`` (1..5000) from query parameters.
 
         Returns the error message (naming the parameter) instead of raising.
         """
@@ -100,13 +104,35 @@ class Filters:
             limit = int(limit_text)
         dag_id = (params.get("dag_id") or "").strip() or None
         run_id = (params.get("run_id") or "").strip() or None
-        for name, value in (("dag_id", dag_id), ("run_id", run_id)):
+        task_id = (params.get("task_id") or "").strip() or None
+        for name, value in (("dag_id", dag_id), ("run_id", run_id), ("task_id", task_id)):
             if value is not None and len(value) > 250:
                 return f"{name}: must be at most 250 characters"
-        return cls(dag_id=dag_id, run_id=run_id, limit=limit)
+        index_text = (params.get("map_index") or "").strip()
+        map_index = None
+        if index_text:
+            if not index_text.lstrip("-").isdigit() or len(index_text) > 9 or int(index_text) < -1:
+                return "map_index: must be a whole number from -1 (an unmapped task) up"
+            map_index = int(index_text)
+        return cls(dag_id=dag_id, run_id=run_id, limit=limit, task_id=task_id, map_index=map_index)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dag_id": self.dag_id, "run_id": self.run_id, "limit": self.limit}
+        shown: dict[str, Any] = {"dag_id": self.dag_id, "run_id": self.run_id, "limit": self.limit}
+        if self.task_id is not None or self.map_index is not None:
+            shown.update(task_id=self.task_id, map_index=self.map_index)
+        return shown
+
+    @property
+    def by_task(self) -> bool:
+        """Whether the filters name a task (``task_id`` and/or ``map_index``)."""
+        return self.task_id is not None or self.map_index is not None
+
+    def matches_task(self, call: CallRecord) -> bool:
+        """Whether ``call`` was placed by the task (and map index) the filters name. A link to an
+        unmapped task (no ``map_index``) shows all of that task's calls."""
+        if self.task_id is not None and call.task_id != self.task_id:
+            return False
+        return self.map_index is None or call.map_index == self.map_index
 
 
 def outcome_of(call: CallRecord) -> str:
@@ -447,6 +473,10 @@ def render_outcomes_html(
         scope.append(f"DAG <strong>{_e(filters.dag_id)}</strong>")
     if filters.run_id:
         scope.append(f"run <strong>{_e(filters.run_id)}</strong>")
+    if filters.task_id:
+        scope.append(f"task <strong>{_e(filters.task_id)}</strong>")
+    if filters.map_index is not None and filters.map_index >= 0:
+        scope.append(f"map index <strong>{filters.map_index}</strong>")
     scope_text = " · ".join(scope) if scope else f"the {filters.limit} most recent calls"
     if calls:
         body = (
@@ -473,7 +503,13 @@ def render_outcomes_html(
         '<section class="card"><form method="get" action="">'
         f'<label>DAG id<input name="dag_id" value="{_e(filters.dag_id or "")}"></label>'
         f'<label>Run id<input name="run_id" value="{_e(filters.run_id or "")}"></label>'
-        f'<label>Recent calls<input name="limit" type="number" min="1" max="{MAX_LIMIT}" '
+        f'<label>Task id<input name="task_id" value="{_e(filters.task_id or "")}"></label>'
+        + (
+            f'<input type="hidden" name="map_index" value="{filters.map_index}">'
+            if filters.map_index is not None
+            else ""
+        )
+        + f'<label>Recent calls<input name="limit" type="number" min="1" max="{MAX_LIMIT}" '
         f'value="{filters.limit}"></label>'
         '<button type="submit">Show</button><a class="button secondary" href="?">All</a>'
         "</form></section>"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator
 from airflow_provider_vonage_studio.events import fail_task
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
+from airflow_provider_vonage_studio.links import CallOutcomesLink
 from airflow_provider_vonage_studio.operators._calling import checked_do_not_call, task_identity
 from airflow_provider_vonage_studio.validation import check_call_arguments, is_templated
 
@@ -167,6 +168,7 @@ class SendMessageOperator(_MessagingTask):
         "do_not_call",
     )
     ui_color = "#b8f5d0"
+    operator_extra_links = (CallOutcomesLink(),)
 
     def __init__(self, *, to: str, **kwargs: Any) -> None:
         kwargs.setdefault("multiple_outputs", True)
@@ -237,6 +239,7 @@ class SendMessagesOperator(_MessagingTask):
         "do_not_call",
     )
     ui_color = "#b8f5e8"
+    operator_extra_links = (CallOutcomesLink(),)
 
     def __init__(
         self, *, recipients: Any, fail_on_rejected: bool = True, progress_interval: float = 5.0, **kwargs: Any

@@ -27,6 +27,7 @@ from airflow_provider_vonage_studio.campaign import CallAttempts, MessageFallbac
 # package; importable from here for one release.
 from airflow_provider_vonage_studio.events import fail_task, resume
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
+from airflow_provider_vonage_studio.links import CallOutcomesLink
 from airflow_provider_vonage_studio.operators._calling import (
     CallingTask,
     closed_window,
@@ -115,6 +116,7 @@ class MakeCallOperator(BaseOperator, CallingTask):
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"session_parameters": "json"}
     ui_color = "#c9b8f5"
+    operator_extra_links = (CallOutcomesLink(),)
 
     def __init__(
         self,
@@ -415,6 +417,7 @@ class MakeCallsOperator(BaseOperator, CallingTask, CampaignTask):
         "session_parameters": "json",
     }
     ui_color = "#b8d8f5"
+    operator_extra_links = (CallOutcomesLink(),)
 
     def __init__(
         self,

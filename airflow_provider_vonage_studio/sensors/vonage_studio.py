@@ -2,6 +2,9 @@
 
 This module is imported when DAG files are parsed: it imports neither SQLAlchemy nor the
 trigger machinery at top level (both load inside ``execute``/``poke``).
+
+It is a little over ~500 lines because the two sensor classes must be *defined* here (serialized
+DAGs record each operator's module); their checks live in ``outcome.py`` and ``results.py``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from airflow_provider_vonage_studio._compat import BaseSensorOperator, default_d
 from airflow_provider_vonage_studio.calls import ANSWERED, OutcomeSource
 from airflow_provider_vonage_studio.events import fail_task, resume, source_of
 from airflow_provider_vonage_studio.exceptions import CallFailed, VonageStudioConfigError, VonageStudioError
+from airflow_provider_vonage_studio.links import CallOutcomesLink
 from airflow_provider_vonage_studio.outcome import (
     DEFAULT_ANSWER_WINDOW,
     FAILURE_STATUSES,
     CallOutcome,
+    answer_deadline,
     check_call,
     normalize_answer_window,
     normalize_fail_on,
@@ -27,7 +32,16 @@ from airflow_provider_vonage_studio.outcome import (
 )
 
 # Kept importable from here for one release (they moved to results.py, beside the triggers).
-from airflow_provider_vonage_studio.results import check_call_result, record_event_verdict, settle
+from airflow_provider_vonage_studio.results import (
+    DEFAULT_CONFIRM_TIMEOUT,
+    check_call_result,
+    confirm_by_insights,
+    normalize_confirm_answered,
+    normalize_confirm_timeout,
+    record_event_verdict,
+    settle,
+    store_insights_confirmation,
+)
 from airflow_provider_vonage_studio.results import parameter_names as _parameter_names
 
 if TYPE_CHECKING:
@@ -36,6 +50,7 @@ if TYPE_CHECKING:
     from airflow_provider_vonage_studio._compat import Context
 
 _CALLBACK = OutcomeSource.CALLBACK.value
+_INFERRED = OutcomeSource.INFERRED.value
 
 #: The XCom key under which :class:`CallStatusSensor` pushes where its status came from.
 OUTCOME_SOURCE_KEY = "outcome_source"
@@ -142,6 +157,16 @@ class CallStatusSensor(BaseSensorOperator):
         status AI Studio reported. The webhook posts when the call *ends*, so ``answer_window``
         must then cover the longest conversation (e.g. 15 minutes), or a long call fails as
         unconfirmed. Default ``False``.
+    :param confirm_answered: ``"insights"``: before accepting an inferred ``answered``, read the
+        call's session through AI Studio Insights (``VonageStudioHook.get_session_parameters``,
+        paced and retried like every Insights read). Found, the outcome is ``answered`` with
+        source ``insights`` and the session's parameters are stored with the call; while Insights
+        answers 404 (not indexed yet) the sensor keeps waiting, up to ``confirm_timeout`` past the
+        answer window, then accepts ``inferred`` (or fails, with ``require_confirmed``). Works in
+        poke, reschedule and deferrable modes (deferrable: a second deferral, to
+        ``CallResultTrigger``). Default ``None``: no Insights read.
+    :param confirm_timeout: with ``confirm_answered``: timedelta or seconds (default 10 minutes).
+    :param vonage_studio_conn_id: with ``confirm_answered``: the connection whose key reads Insights.
 
     Returns (and pushes to XCom) the final status: ``"answered"`` or the reported failure.
     Where it came from is pushed as the XCom key ``outcome_source`` (:data:`OUTCOME_SOURCE_KEY`):
@@ -155,6 +180,7 @@ class CallStatusSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("call_ref",)
     ui_color = "#dcd0f7"
+    operator_extra_links = (CallOutcomesLink(),)
 
     def __init__(
         self,
@@ -166,9 +192,16 @@ class CallStatusSensor(BaseSensorOperator):
         deferrable: bool | None = None,
         poke_interval: timedelta | float = 5,
         require_confirmed: bool = False,
+        confirm_answered: str | None = None,
+        confirm_timeout: timedelta | float = DEFAULT_CONFIRM_TIMEOUT,
+        vonage_studio_conn_id: str = "vonage_studio_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)
+        self.confirm_answered = normalize_confirm_answered(confirm_answered)
+        self.confirm_timeout = normalize_confirm_timeout(confirm_timeout)
+        self.vonage_studio_conn_id = vonage_studio_conn_id
+        self._hook: Any = None
         self.call_ref = call_ref
         # Checked here so a typo fails at DAG parse time, not after a call was placed.
         self.answer_window = normalize_answer_window(answer_window)
@@ -182,14 +215,38 @@ class CallStatusSensor(BaseSensorOperator):
         self.require_confirmed = require_confirmed
 
     def check(self) -> CallOutcome | None:
-        """One check of :attr:`call_ref` (see :func:`check_call_status`)."""
-        return check_call_status(
-            self.call_ref,
-            answer_window=self.answer_window,
-            fail_on=self.fail_on,
-            store_url=self.store_url,
-            log=self.log,
-        )
+        """One check of :attr:`call_ref` (see :func:`check_call_status`); with
+        ``confirm_answered``, an inferred ``answered`` is first read through Insights
+        (:func:`~airflow_provider_vonage_studio.results.confirm_by_insights`; ``None`` while
+        it waits for the session to be indexed, and no verdict stored meanwhile)."""
+        if self.confirm_answered is None:
+            return check_call_status(
+                self.call_ref,
+                answer_window=self.answer_window,
+                fail_on=self.fail_on,
+                store_url=self.store_url,
+                log=self.log,
+            )
+        ref = resolve_call_ref(self.call_ref)
+        store = open_store(self.store_url)
+
+        def decide() -> CallOutcome | None:
+            outcome = check_call(store, ref, answer_window=self.answer_window, fail_on=self.fail_on)
+            return confirm_by_insights(
+                outcome, hook=self.hook, store=store, confirm_timeout=self.confirm_timeout
+            )
+
+        return settle(self.store_url, ref, decide, log=self.log)
+
+    @property
+    def hook(self) -> Any:
+        """The :class:`~airflow_provider_vonage_studio.hooks.vonage_studio.VonageStudioHook` that
+        reads Insights (``confirm_answered``), one per task."""
+        if self._hook is None:
+            from airflow_provider_vonage_studio.hooks.vonage_studio import VonageStudioHook
+
+            self._hook = VonageStudioHook(self.vonage_studio_conn_id)
+        return self._hook
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         from airflow.sdk import PokeReturnValue
@@ -231,13 +288,84 @@ class CallStatusSensor(BaseSensorOperator):
         carried = source_of(event)
 
         def on_verdict(call_ref: str, status: str) -> None:
+            if self._confirming(status, carried):
+                return  # stored once Insights confirmed it, or once the bound passed
             record_verdict(self.store_url, call_ref, status, source=carried, log=self.log)
 
         payload = resume(event, "call_status", on_verdict=on_verdict)
         status = payload["call_status"]
         source = carried or self._stored_source(payload["call_ref"], status)
         self.log.info("Call %s: reported by the trigger", payload["call_ref"])
+        if self._confirming(status, source):
+            return self._confirm_deferred(context, payload["call_ref"])
         return self._finish(context, payload["call_ref"], status, source)
+
+    def _confirming(self, status: str, source: str | None) -> bool:
+        """Whether ``status`` from ``source`` still waits for Insights (``confirm_answered``)."""
+        return self.confirm_answered is not None and status == ANSWERED and source in (_INFERRED, None)
+
+    def _confirm_deferred(self, context: Context, call_ref: str) -> str:
+        """Deferrable ``confirm_answered``: one read in the worker, else a second deferral to
+        ``CallResultTrigger`` (timed out at the bound: :meth:`resume_execution`)."""
+        from datetime import datetime, timezone
+
+        outcome = self.check()
+        if outcome is not None:
+            return self._finish(context, outcome.call_ref, outcome.status, outcome.source)
+        from airflow_provider_vonage_studio.triggers.vonage_studio import CallResultTrigger
+
+        record = open_store(self.store_url).get_call(call_ref)
+        deadline = answer_deadline(record, self.answer_window) if record is not None else None
+        left = (
+            (deadline + self.confirm_timeout - datetime.now(timezone.utc)).total_seconds()
+            if deadline is not None
+            else self.confirm_timeout.total_seconds()
+        )
+        self.log.info("Call %s: deferring until Insights indexes its session (at most %.0fs)", call_ref, left)
+        self.defer(
+            trigger=CallResultTrigger(
+                call_ref=call_ref,
+                fail_on=list(self.fail_on),
+                poll_interval=max(float(self.poke_interval), 0.1),
+                vonage_studio_conn_id=self.vonage_studio_conn_id,
+                store_url=self.store_url,
+            ),
+            method_name="execute_confirmed",
+            timeout=timedelta(seconds=max(left, 0.1)),
+        )
+
+    def execute_confirmed(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        """Resume after ``CallResultTrigger`` (``confirm_answered``): the session was read, so the
+        call was answered (source ``insights``), or a failure status arrived late.
+
+        :raises AirflowFailException: as :meth:`execute_complete` (a status in ``fail_on``, ...).
+        """
+
+        def on_verdict(call_ref: str, status: str) -> None:
+            record_verdict(self.store_url, call_ref, status, source=_CALLBACK, log=self.log)
+
+        payload = resume(event, "call_result", on_verdict=on_verdict)
+        call_ref = str(payload["call_ref"])
+        if payload.get("call_status"):
+            status = str(payload["call_status"])
+            record_verdict(self.store_url, call_ref, status, source=_CALLBACK, log=self.log)
+            return self._finish(context, call_ref, status, _CALLBACK)
+        outcome = store_insights_confirmation(
+            open_store(self.store_url), call_ref, payload["parameters"] or {}
+        )
+        return self._finish(context, call_ref, outcome.status, outcome.source)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Airflow's resume entry point; with ``confirm_answered``, a deferral that timed out (the
+        Insights bound passed) is checked once more: an inferred ``answered`` is then accepted
+        (or refused with ``require_confirmed``) instead of failing as a timeout."""
+        error = (next_kwargs or {}).get("error")
+        # Airflow's markers for a trigger timeout (airflow.sdk.bases.operator, 3.1 to 3.3).
+        if self.confirm_answered is not None and next_method == "__fail__" and error == "Trigger timeout":
+            outcome = self.check()
+            if outcome is not None:
+                return self._finish(context, outcome.call_ref, outcome.status, outcome.source)
+        return super().resume_execution(next_method, next_kwargs, context)
 
     def _finish(self, context: Context, call_ref: str, status: str, source: str | None) -> str:
         """Log the verdict, push its source (XCom key ``outcome_source``), apply
@@ -325,6 +453,7 @@ class CallResultSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("call_ref", "session_id", "session_start_time", "required_parameters")
     ui_color = "#d0e4f7"
+    operator_extra_links = (CallOutcomesLink(),)
 
     def __init__(
         self,

@@ -45,7 +45,7 @@ def test_every_declared_class_and_module_imports():
         for m in e["python-modules"]
     ]
     classes = [c["hook-class-name"] for c in info["connection-types"]] + info["notifications"]
-    classes += info["cli"]
+    classes += info["cli"] + info["extra-links"]
     for module in modules:
         importlib.import_module(module)
     for dotted in classes:
@@ -65,9 +65,12 @@ def test_connection_fields_match_the_hook():
         "callback_base_url",
         "callback_secret",
         "previous_callback_secrets",
+        "end_call_webhook",
         "timeout",
     }
     assert conn_type["conn-fields"]["callback_secret"]["schema"]["format"] == "password"
+    # Airflow >= 3.2 draws a boolean as a checkbox.
+    assert conn_type["conn-fields"]["end_call_webhook"]["schema"]["type"] == ["boolean", "null"]
     assert (
         VonageStudioHook.get_ui_field_behaviour()["hidden_fields"]
         == conn_type["ui-field-behaviour"]["hidden-fields"]
@@ -111,3 +114,15 @@ def test_airflow_cli_sees_the_provider(tmp_path, args, expected):
     if args[1] == "hooks":
         hooks = {h["connection_type"]: h for h in json.loads(out[out.index("[{") :])}
         assert hooks["vonage_studio"]["class"].endswith("VonageStudioHook")
+
+
+def test_the_call_outcomes_link_is_declared_and_registered():
+    from airflow.providers_manager import ProvidersManager
+
+    from airflow_provider_vonage_studio.links import CallOutcomesLink
+
+    assert get_provider_info()["extra-links"] == ["airflow_provider_vonage_studio.links.CallOutcomesLink"]
+    manager = ProvidersManager()
+    manager.initialize_providers_list()
+    assert "airflow_provider_vonage_studio.links.CallOutcomesLink" in manager.extra_links_class_names
+    assert CallOutcomesLink().name == "Call outcomes"
