@@ -115,7 +115,7 @@ def worker(args: argparse.Namespace) -> int:
                 finally:
                     http["seconds"] += time.monotonic() - t0  # type: ignore[operator]
                     http["requests"] += 1  # type: ignore[operator]
-                    if args.snapshots and http["requests"] % 1000 == 0:  # type: ignore[operator]
+                    if args.snapshots and http["requests"] % 200 == 0:  # type: ignore[operator]
                         _snapshot(args.snapshots, http, time.monotonic())
 
             session.request = timed  # type: ignore[method-assign]
