@@ -6,7 +6,8 @@ plugin run ``example_dags/reminder_campaign.py`` with the waves seconds apart. T
 (busy, busy, answered: three calls, no message; never reached: three calls, one message;
 answered at once: one call), and when every time it saw the campaign task ``deferred`` (read
 through the REST API) no process was running that task instance (Airflow's task runner titles
-itself ``airflow worker -- <ti id>``). It must also leave no process behind and print no
+itself ``airflow worker -- <ti id>``) later than a few seconds into the wait (the process
+that deferred reports it first, then exits). It must also leave no process behind and print no
 secret or full phone number.
 """
 
@@ -60,8 +61,7 @@ def test_campaign_demo_defers_between_waves_and_ends_as_scripted() -> None:
     assert "demo OK: every recipient's calls, disposition and messages as scripted" in out
     # The task was seen deferred between waves, never with a task process running it.
     assert "deferred -- waiting in the triggerer, no task process runs it" in out
-    assert "never with a task process running it" in out
-    assert "task process(es) running it" not in out
+    assert "never with a task process running it later than 15s into a wait" in out
     for number, key in KEYS.items():
         (row,) = [line for line in out.splitlines() if line.startswith(key)]
         assert redact(number) in row and row.rstrip().endswith("yes"), row
@@ -88,3 +88,11 @@ def test_campaign_rows_compare_the_run_with_the_script() -> None:
     assert [r["ok"] for r in rows] == [True, False, True]
     rows = campaign_rows(results, {late: 2, never: 3, first: 1}, {never: 1})
     assert [r["ok"] for r in rows] == [False, True, True]
+
+
+def test_a_wait_counts_as_holding_a_slot_only_past_the_exit_grace() -> None:
+    from airflow_provider_vonage_studio.testing.demo_campaign import EXIT_GRACE, DeferralCheck
+
+    assert not DeferralCheck("ti", (), EXIT_GRACE + 60).held
+    assert not DeferralCheck("ti", (123,), 1.0).held  # the deferring process still exiting
+    assert DeferralCheck("ti", (123,), EXIT_GRACE + 1).held
