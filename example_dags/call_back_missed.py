@@ -21,7 +21,8 @@ loses a miss nor has it called back twice (see docs/outcomes.md).
 Settings come from the environment so the DAG runs unchanged against the emulator:
 ``VONAGE_STUDIO_DEMO_AGENT_ID`` (default ``agent-1``), ``VONAGE_STUDIO_DEMO_CALLING_WINDOW``
 (``"HH:MM-HH:MM"`` in each callee's local time; default 08:00-21:00) and
-``VONAGE_STUDIO_OUTCOME_POLL_SECONDS`` (how often the watcher reads the store; default 5).
+``VONAGE_STUDIO_OUTCOME_POLL_SECONDS`` (how often the watcher reads the store; default 5) and
+``VONAGE_STUDIO_OUTCOME_REDELIVER_SECONDS`` (default 300).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ AGENT_ID = os.environ.get("VONAGE_STUDIO_DEMO_AGENT_ID", "agent-1")
 # "HH:MM-HH:MM" in each callee's local time; unset: 08:00-21:00.
 CALLING_WINDOW = os.environ.get("VONAGE_STUDIO_DEMO_CALLING_WINDOW") or True
 POLL_SECONDS = float(os.environ.get("VONAGE_STUDIO_OUTCOME_POLL_SECONDS", "5"))
+# An event no run acknowledged within this long is handed over again (Airflow lost it, or the
+# run failed before its first task claimed it).
+REDELIVER_SECONDS = float(os.environ.get("VONAGE_STUDIO_OUTCOME_REDELIVER_SECONDS", "300"))
 
 MISSED = Asset(
     "vonage_studio://outcomes/missed",
@@ -55,6 +59,7 @@ MISSED = Asset(
                 agent_id=AGENT_ID,
                 name=WATCHER,
                 poll_interval=POLL_SECONDS,
+                redeliver_after=REDELIVER_SECONDS,
             ),
         )
     ],

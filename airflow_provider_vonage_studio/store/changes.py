@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -163,15 +164,28 @@ class Changes(StoreBase):
                 found.update(ref for (ref,) in conn.execute(query))
         return found
 
-    def unacknowledged(self, name: str) -> list[str]:
-        """The call_refs the reader ``name`` handed over that no consumer acknowledged yet."""
+    def unacknowledged(self, name: str, *, handed_before: datetime | None = None) -> list[str]:
+        """The call_refs the reader ``name`` handed over that no consumer acknowledged yet (only
+        those last handed over before ``handed_before``, when given), oldest first."""
         _check_name(name)
         t = change_cursors_table
         with self._transaction(write=False) as conn:
             query = sa.select(t.c.call_ref).where(
                 t.c.name == name, t.c.call_ref != _POSITION, t.c.position.is_(None)
             )
+            if handed_before is not None:
+                query = query.where(t.c.updated_at < handed_before)
             return [ref for (ref,) in conn.execute(query.order_by(t.c.updated_at, t.c.call_ref))]
+
+    def handed_again(self, name: str, call_refs: Iterable[str]) -> None:
+        """Note that the reader ``name`` handed ``call_refs`` over once more (now)."""
+        _check_name(name)
+        refs = [ref for ref in dict.fromkeys(call_refs) if ref]
+        t = change_cursors_table
+        with self._transaction(write=True) as conn:
+            for chunk in _chunks(refs):
+                key = (t.c.name == name) & t.c.call_ref.in_(chunk) & t.c.position.is_(None)
+                conn.execute(t.update().where(key).values(updated_at=_utcnow()))
 
     def acknowledge(self, name: str, call_refs: Iterable[str]) -> set[str]:
         """Claim ``call_refs`` handed over by the reader ``name`` for processing: the ones this

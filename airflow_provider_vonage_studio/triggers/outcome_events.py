@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
@@ -125,6 +127,9 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
         recorded from the first run on) or ``"beginning"`` (every outcome in the store).
     :param poll_interval: seconds between reads of the change feed.
     :param store_url: the call store; ``None``: the triggerer's configured one.
+    :param redeliver_after: seconds after which an event handed over but not acknowledged by a
+        DAG run (:func:`claim_outcomes`) is handed over again (Airflow lost it, or the run
+        failed first); at every start of the trigger all of them are.
 
     Each event's payload is a :class:`CallOutcomeEvent`. Never ends by itself; a store that
     cannot be read is retried every round (with a warning).
@@ -143,6 +148,7 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
         start_from: Literal["now", "beginning"] = "now",
         poll_interval: float = 5.0,
         store_url: str | None = None,
+        redeliver_after: float = 300.0,
     ) -> None:
         super().__init__()
         if isinstance(statuses, str):
@@ -165,6 +171,7 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
         self.start_from = start_from
         self.poll_interval = normalize_interval(poll_interval)
         self.store_url = store_url
+        self.redeliver_after = normalize_interval(redeliver_after, "redeliver_after")
         self.name = name or self._derived_name()
         if len(self.name) > 255:
             raise VonageStudioConfigError("name: at most 255 characters")
@@ -183,6 +190,7 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
             "start_from": self.start_from,
             "poll_interval": self.poll_interval,
             "store_url": self.store_url,
+            "redeliver_after": self.redeliver_after,
         }
 
     def matches(self, record: CallRecord) -> str | None:
@@ -208,12 +216,18 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
             await asyncio.to_thread(store.advance_cursor, self.name, cursor)
         return cursor
 
-    async def _unacknowledged(self, store: CallStore) -> dict[str, CallOutcomeEvent]:
-        """Events handed over before (by an earlier run of this watcher) that no DAG run has
-        acknowledged yet: Airflow may never have stored them (a triggerer killed meanwhile)."""
-        refs = await asyncio.to_thread(store.unacknowledged, self.name)
+    async def _unacknowledged(
+        self, store: CallStore, *, overdue: bool = False
+    ) -> dict[str, CallOutcomeEvent]:
+        """Events handed over before that no DAG run has acknowledged yet: all of them (at the
+        start: an earlier triggerer may have died before Airflow stored them), or (``overdue``)
+        those last handed over ``redeliver_after`` seconds ago or more (Airflow lost the event or
+        its run failed before claiming it). Noted as handed over again."""
+        before = datetime.now(timezone.utc) - timedelta(seconds=self.redeliver_after) if overdue else None
+        refs = await asyncio.to_thread(store.unacknowledged, self.name, handed_before=before)
         if not refs:
             return {}
+        await asyncio.to_thread(store.handed_again, self.name, refs)
         records = await asyncio.to_thread(store.get_calls, refs)
         events = {}
         for ref in refs:
@@ -230,6 +244,7 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
         cursor: ChangeCursor | None = None
         failures = 0
         again: dict[str, CallOutcomeEvent] | None = None
+        next_redelivery = 0.0
         self.log.info(
             "Watching call outcomes %s (agent %s, DAG %s) as %r, every %ss",
             ", ".join(self.statuses),
@@ -242,8 +257,9 @@ class CallOutcomeEventTrigger(BaseEventTrigger):
             try:
                 if cursor is None:
                     cursor = await self._start(store)
-                if again is None:
-                    again = await self._unacknowledged(store)
+                if again is None or time.monotonic() >= next_redelivery:
+                    again = await self._unacknowledged(store, overdue=again is not None)
+                    next_redelivery = time.monotonic() + min(self.redeliver_after, 60.0)
                     if again:
                         self.log.info(
                             "Handing over again %d outcome event(s) not acknowledged yet", len(again)

@@ -202,3 +202,24 @@ def test_store_outage_is_ridden_out(
         return taken
 
     assert [p["call_ref"] for p in asyncio.run(scenario())] == ["vs-1"]
+
+
+def test_an_event_nobody_acknowledges_is_handed_over_again(store: CallStore, store_url: str) -> None:
+    _placed(store, "vs-lost")
+
+    async def scenario() -> list[str]:
+        events = _trigger(store_url, statuses=("busy",), name="redeliver", redeliver_after=0.3).run()
+        pending = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_reported, store, "vs-lost")
+        first = dict((await asyncio.wait_for(pending, 15)).payload)
+        again = await _take(events, 1)  # taken, never claimed: comes back
+        claim_outcomes("redeliver", ["vs-lost"], store_url)
+        quiet = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(1.0)
+        assert not quiet.done()  # claimed: never again
+        quiet.cancel()
+        await asyncio.gather(quiet, return_exceptions=True)
+        return [first["call_ref"], again[0]["call_ref"]]
+
+    assert asyncio.run(scenario()) == ["vs-lost", "vs-lost"]
