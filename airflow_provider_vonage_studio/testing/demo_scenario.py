@@ -41,17 +41,26 @@ class Observed:
     scripted: str | None
     observed: str | None
     session_id: str | None
+    #: Where the observed status came from: ``callback``, ``end_call``, ``insights`` or
+    #: ``inferred`` (an ``OutcomeSource`` value); ``None`` when nothing was observed.
+    source: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.scripted is not None and self.observed == self.scripted
 
 
-def observed_rows(calls: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]) -> list[Observed]:
+def observed_rows(
+    calls: Sequence[Mapping[str, Any]],
+    results: Sequence[Mapping[str, Any]],
+    sources: Mapping[str, str] | None = None,
+) -> list[Observed]:
     """One row per scripted recipient: what was scripted and what the run observed.
 
     ``calls`` is the emulator's record of each call (full number, session id); it links the
-    DAG's ``results`` (redacted number, session id, status) to the script.
+    DAG's ``results`` (redacted number, session id, status) to the script. Each row's source is
+    the result's ``outcome_source``, else ``sources[session_id]`` (e.g. read from the outcome
+    view), else what the status alone tells (:func:`_source_of`).
     """
     to_by_session = {c.get("session_id"): c.get("to") for c in calls}
     rows: list[Observed] = []
@@ -60,13 +69,17 @@ def observed_rows(calls: Sequence[Mapping[str, Any]], results: Sequence[Mapping[
         destination = to_by_session.get(result.get("session_id"))
         if destination:
             seen.add(destination)
+        observed = result.get("status") or result.get("result")
+        session_id = result.get("session_id")
+        source = result.get("outcome_source") or (sources or {}).get(str(session_id))
         rows.append(
             Observed(
                 key=str(result.get("key")),
                 destination=destination,
                 scripted=SCRIPT.get(destination or ""),
-                observed=result.get("status") or result.get("result"),
-                session_id=result.get("session_id"),
+                observed=observed,
+                session_id=session_id,
+                source=source or _source_of(observed),
             )
         )
     # A scripted number the run never dialed is a failure too.
@@ -76,19 +89,32 @@ def observed_rows(calls: Sequence[Mapping[str, Any]], results: Sequence[Mapping[
     return rows
 
 
+def _source_of(status: str | None) -> str | None:
+    """The source a final status implies when none was carried: a failure status only ever comes
+    from AI Studio's callback; an ``answered`` nobody confirmed was inferred (the rule of
+    :func:`~airflow_provider_vonage_studio.outcome.source_of_verdict`)."""
+    from airflow_provider_vonage_studio.outcome import FINAL_STATUSES, source_of_verdict
+
+    return source_of_verdict(None, status) if status in FINAL_STATUSES else None
+
+
 def print_table(console: Console, rows: Sequence[Observed]) -> None:
-    """The final table: one line per recipient, numbers redacted, ``ok`` when as scripted."""
+    """The final table: one line per recipient, numbers redacted, where each status came from
+    (``source``: callback, end_call, insights, inferred), ``ok`` when as scripted."""
     from airflow_provider_vonage_studio.destinations import redact
 
     console.raw()
-    header = f"{'recipient':<11} {'number':<14} {'scripted':<9} {'observed':<11} {'session id':<36}  ok"
+    header = (
+        f"{'recipient':<11} {'number':<14} {'scripted':<9} {'observed':<11} {'source':<9} "
+        f"{'session id':<36}  ok"
+    )
     console.raw(header)
     console.raw("-" * len(header))
     for row in rows:
         number = redact(row.destination) if row.destination else "?"
         console.raw(
             f"{row.key:<11} {number:<14} {row.scripted or '?':<9} {row.observed or '-':<11} "
-            f"{row.session_id or '-':<36}  {'yes' if row.ok else 'NO'}"
+            f"{row.source or '-':<9} {row.session_id or '-':<36}  {'yes' if row.ok else 'NO'}"
         )
     console.raw()
 
