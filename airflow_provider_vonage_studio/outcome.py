@@ -499,11 +499,14 @@ def wait_for_call(
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[..., Any] | None = None,
+    confirm: Callable[[CallOutcome], CallOutcome | None] | None = None,
 ) -> CallOutcome:
     """Block until ``call_ref`` has an outcome, polling the store every ``poll_interval`` s.
 
     A failure callback can end the wait at any poll; when only the answer window is left to
     run out, the wait wakes exactly at its end rather than up to one interval later.
+    ``confirm``, when given, sees each decided outcome first and returns the one to accept, or
+    ``None`` to keep polling (e.g. ``results.confirm_by_insights`` while Insights answers 404).
 
     :raises TimeoutError: ``timeout`` seconds passed without an outcome.
     :raises: everything :func:`evaluate_call` raises.
@@ -516,7 +519,9 @@ def wait_for_call(
         if call_ref in result.errors:
             raise result.errors[call_ref]
         if call_ref in result.decided:
-            return result.decided[call_ref]
+            confirmed = result.decided[call_ref] if confirm is None else confirm(result.decided[call_ref])
+            if confirmed is not None:
+                return confirmed
         left = None
         if timeout is not None:
             left = timeout - (time.monotonic() - started)

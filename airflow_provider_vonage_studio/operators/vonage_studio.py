@@ -15,12 +15,13 @@ checks in ``_calling.py``, the batch's results in ``_batch.py``, export windows 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from airflow_provider_vonage_studio._compat import AirflowFailException, BaseOperator
+from airflow_provider_vonage_studio.calls import ANSWERED, OutcomeSource
 from airflow_provider_vonage_studio.campaign import CallAttempts, MessageFallback
 
 # fail_task moved to events.py, ti_identity and _LOCAL_PROTOCOLS to helper modules of this
@@ -38,6 +39,11 @@ from airflow_provider_vonage_studio.operators._calling import (
 from airflow_provider_vonage_studio.operators._campaign import CampaignTask, check_campaign
 from airflow_provider_vonage_studio.operators._export import LOCAL_PROTOCOLS as _LOCAL_PROTOCOLS  # noqa: F401
 from airflow_provider_vonage_studio.outcome import DEFAULT_ANSWER_WINDOW, FAILURE_STATUSES, normalize_interval
+from airflow_provider_vonage_studio.results import (
+    DEFAULT_CONFIRM_TIMEOUT,
+    normalize_confirm_answered,
+    normalize_confirm_timeout,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio._compat import Context
@@ -90,6 +96,11 @@ class MakeCallOperator(BaseOperator, CallingTask):
     :param deferrable: with ``wait_for_status``: wait in the triggerer rather than in the worker
         (the call itself is always placed here, in the worker). Default:
         ``[operators] default_deferrable``.
+    :param confirm_answered: with ``wait_for_status``: ``"insights"`` reads the session through
+        Insights before an inferred ``answered`` is accepted, as ``CallStatusSensor`` does
+        (source ``insights``, parameters stored); ``None`` (default): no Insights read.
+    :param confirm_timeout: with ``confirm_answered``: how long past the answer window to wait
+        for Insights to index the session (default 10 minutes); then ``answered`` stays inferred.
     :param calling_window: ``("09:00", "20:00")`` local hours in which the callee may be phoned,
         or ``True`` for 08:00-21:00 (``None``: any time). Outside it the task defers until the
         window opens (a date-time trigger, no worker slot held) and then dials; it never fails
@@ -140,12 +151,16 @@ class MakeCallOperator(BaseOperator, CallingTask):
         deferrable: bool | None = None,
         calling_window: Sequence[str] | bool | None = None,
         timezone: str = "UTC",
+        confirm_answered: str | None = None,
+        confirm_timeout: timedelta | float = DEFAULT_CONFIRM_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         # Each field of the result also becomes an XCom of its own, so that
         # ``make_call.output["call_ref"]`` (an XCom *key* lookup in Airflow) resolves.
         kwargs.setdefault("multiple_outputs", True)
         super().__init__(**kwargs)
+        self.confirm_answered = normalize_confirm_answered(confirm_answered)
+        self.confirm_timeout = normalize_confirm_timeout(confirm_timeout)
         (self.wait_for_status, self.answer_window, self.fail_on, self.poke_interval, self.deferrable) = (
             wait_options(wait_for_status, answer_window, fail_on, poke_interval, deferrable)
         )
@@ -248,6 +263,7 @@ class MakeCallOperator(BaseOperator, CallingTask):
                     fail_on=self.fail_on,
                     poll_interval=self.poke_interval,
                     log=self.log.info,
+                    confirm=self._confirmer(hook),
                 ),
                 log=self.log,
             ),
@@ -268,7 +284,11 @@ class MakeCallOperator(BaseOperator, CallingTask):
         def on_verdict(call_ref: str, status: str) -> None:
             record_verdict(lambda: self.hook.store, call_ref, status, source=carried, log=self.log)
 
-        payload = resume(event, "call_status", on_verdict=on_verdict)
+        def keep(call_ref: str, status: str) -> None:
+            if not self._confirming(status, carried):  # else stored once confirmed or at the bound
+                on_verdict(call_ref, status)
+
+        payload = resume(event, "call_status", on_verdict=keep)
         source = carried
         if source is None:
             # A trigger whose event carries no source: the store says where the truth came from.
@@ -278,8 +298,101 @@ class MakeCallOperator(BaseOperator, CallingTask):
                 )
             except Exception as exc:  # informational: the status came with the event
                 self.log.warning("Could not read the source of the call's outcome: %s", type(exc).__name__)
+        if self._confirming(payload["call_status"], source):
+            return self._confirm_deferred(call or {}, payload["call_ref"])
         self.log.info("Call %s ended: %s [source: %s]", payload["call_ref"], payload["call_status"], source)
         return {**(call or {}), "status": payload["call_status"], "outcome_source": source}
+
+    # -- Insights confirmation (confirm_answered) -------------------------------------------------
+
+    def _confirmer(self, hook: VonageStudioHook) -> Callable[[CallOutcome], CallOutcome | None] | None:
+        """``wait_for_call``'s ``confirm`` for ``confirm_answered`` (``None`` without it)."""
+        if self.confirm_answered is None:
+            return None
+        from airflow_provider_vonage_studio.results import confirm_by_insights
+
+        return lambda outcome: confirm_by_insights(
+            outcome, hook=hook, store=hook.store, confirm_timeout=self.confirm_timeout
+        )
+
+    def _confirming(self, status: str, source: str | None) -> bool:
+        inferred = (OutcomeSource.INFERRED.value, None)
+        return self.confirm_answered is not None and status == ANSWERED and source in inferred
+
+    def _check_confirmed(self, call_ref: str) -> CallOutcome | None:
+        """One check of the call in the worker, an inferred answer read through Insights first."""
+        from airflow_provider_vonage_studio.outcome import check_call
+        from airflow_provider_vonage_studio.results import settle
+
+        hook = self.hook
+        confirm = self._confirmer(hook)
+        assert confirm is not None  # only called with confirm_answered
+
+        def decide() -> CallOutcome | None:
+            outcome = check_call(hook.store, call_ref, answer_window=self.answer_window, fail_on=self.fail_on)
+            return None if outcome is None else confirm(outcome)
+
+        return settle(hook.store, call_ref, decide, log=self.log)
+
+    def _confirm_deferred(self, call: dict[str, Any], call_ref: str) -> dict[str, Any]:
+        """After the status trigger's inferred answer: one Insights read here, else a second
+        deferral to ``CallResultTrigger`` (timed out at the bound: :meth:`resume_execution`)."""
+        outcome = self._check_confirmed(call_ref)
+        if outcome is not None:
+            return {**call, "status": outcome.status, "outcome_source": outcome.source}
+        from airflow_provider_vonage_studio.outcome import answer_deadline
+        from airflow_provider_vonage_studio.triggers.vonage_studio import CallResultTrigger
+
+        record = self.hook.store.get_call(call_ref)
+        deadline = answer_deadline(record, self.answer_window) if record is not None else None
+        left = self.confirm_timeout.total_seconds()
+        if deadline is not None:
+            left = (deadline + self.confirm_timeout - _utcnow()).total_seconds()
+        self.defer(
+            trigger=CallResultTrigger(
+                call_ref=call_ref,
+                fail_on=list(self.fail_on),
+                poll_interval=self.poke_interval,
+                vonage_studio_conn_id=self.vonage_studio_conn_id,
+            ),
+            method_name="execute_confirmed",
+            kwargs={"call": call},
+            timeout=timedelta(seconds=max(left, 0.1)),
+        )
+
+    def execute_confirmed(
+        self, context: Context, event: dict[str, Any] | None = None, call: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Resume after ``CallResultTrigger``: answered (source ``insights``, parameters stored),
+        or a failure status that arrived late."""
+        from airflow_provider_vonage_studio.outcome import record_verdict
+        from airflow_provider_vonage_studio.results import store_insights_confirmation
+
+        callback = OutcomeSource.CALLBACK.value
+
+        def on_verdict(call_ref: str, status: str) -> None:
+            record_verdict(lambda: self.hook.store, call_ref, status, source=callback, log=self.log)
+
+        payload = resume(event, "call_result", on_verdict=on_verdict)
+        call_ref = str(payload["call_ref"])
+        if payload.get("call_status"):
+            on_verdict(call_ref, str(payload["call_status"]))
+            return {**(call or {}), "status": payload["call_status"], "outcome_source": callback}
+        outcome = store_insights_confirmation(self.hook.store, call_ref, payload["parameters"] or {})
+        return {**(call or {}), "status": outcome.status, "outcome_source": outcome.source}
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """With ``confirm_answered``, a deferral that timed out at the Insights bound accepts the
+        inferred ``answered`` (the placed call from its ``call`` XCom) instead of failing."""
+        error = (next_kwargs or {}).get("error")
+        # Airflow's markers for a trigger timeout (airflow.sdk.bases.operator, 3.1 to 3.3).
+        if self.confirm_answered is not None and next_method == "__fail__" and error == "Trigger timeout":
+            call_ref = self.call_ref(context)
+            outcome = self._check_confirmed(call_ref)
+            if outcome is not None:
+                call = _pushed_call(context, self.task_id) or {"call_ref": call_ref}
+                return {**call, "status": outcome.status, "outcome_source": outcome.source}
+        return super().resume_execution(next_method, next_kwargs, context)
 
     # -- calling window (MakeCallOperator) -------------------------------------------------------
 
@@ -316,6 +429,15 @@ class MakeCallOperator(BaseOperator, CallingTask):
         """Resume when the calling window opens: check it again and dial, here in the worker
         (a trigger never places a call)."""
         return self.execute(context)
+
+
+def _pushed_call(context: Context, task_id: str) -> dict[str, Any] | None:
+    """The placed call this task instance pushed under the XCom key ``call`` (``None`` if unreadable)."""
+    try:
+        value = context["ti"].xcom_pull(task_ids=task_id, key="call")
+    except Exception:
+        return None
+    return dict(value) if isinstance(value, Mapping) else None
 
 
 def _utcnow() -> datetime:

@@ -237,11 +237,89 @@ def test_without_the_option_a_trigger_timeout_stays_a_timeout(store_url: str) ->
         sensor.resume_execution("__fail__", {"error": "Trigger timeout"}, {})
 
 
-@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_the_options_are_checked_at_parse_time(store_url: str) -> None:
+def test_the_options_are_checked_at_parse_time() -> None:
     with pytest.raises(VonageStudioConfigError, match="confirm_answered"):
         CallStatusSensor(task_id="wait", call_ref="x", confirm_answered="end_call")
     with pytest.raises(VonageStudioConfigError, match="confirm_answered"):
         CallStatusSensor(task_id="wait", call_ref="x", confirm_answered=True)  # type: ignore[arg-type]
     with pytest.raises(VonageStudioConfigError, match="confirm_timeout"):
         CallStatusSensor(task_id="wait", call_ref="x", confirm_answered="insights", confirm_timeout=-1)
+
+
+# ------------------------------------------------------------------ MakeCallOperator(wait_for_status)
+
+
+class OperatorTI(FakeTI):
+    def __init__(self, task_id: str) -> None:
+        super().__init__()
+        self.dag_id, self.run_id, self.task_id, self.map_index = "confirm_dag", "manual__confirm", task_id, -1
+
+    def xcom_pull(self, task_ids: str, key: str) -> Any:
+        return self.xcoms.get(key)
+
+
+def _operator(task_id: str, **kwargs: Any) -> Any:
+    from airflow_provider_vonage_studio.operators.vonage_studio import MakeCallOperator
+
+    return MakeCallOperator(
+        task_id=task_id,
+        to=TO,
+        agent_id=AGENT,
+        # Answered calls post nothing there; only the presence of a status_url matters here.
+        status_url="http://127.0.0.1:9/calls/unused/status",
+        wait_for_status=True,
+        answer_window=WINDOW,
+        poke_interval=0.05,
+        **{"confirm_answered": "insights", **kwargs},
+    )
+
+
+def test_make_call_waiting_in_process_confirms_through_insights(emulator: Emulator, calls: CallStore) -> None:
+    emulator.script(TO, "answered", {"CONFIRMED": "yes"}, index_delay=0.8)
+    result = _operator("call", deferrable=False).execute({"ti": OperatorTI("call")})
+    assert (result["status"], result["outcome_source"]) == ("answered", "insights")
+    record = calls.get_call(result["call_ref"])
+    assert (
+        record is not None and record.outcome_source == "insights" and record.parameters["CONFIRMED"] == "yes"
+    )
+    reads = _parameter_reads(emulator, record.session_id or "")
+    assert reads[0] == 404 and reads[-1] == 200
+
+
+def test_make_call_deferred_confirms_or_keeps_inferred_at_the_bound(
+    emulator: Emulator, calls: CallStore
+) -> None:
+    emulator.script(TO, "answered", {"CONFIRMED": "yes"}, index_delay=60)
+    op = _operator("call", deferrable=True, confirm_timeout=0.5)
+    ti = OperatorTI("call")
+    first = _defer(lambda: op.execute({"ti": ti}))
+    event = _first_event(first.trigger)
+    second = _defer(lambda: op.execute_complete({"ti": ti}, event, **(first.kwargs or {})))
+    assert isinstance(second.trigger, CallResultTrigger) and second.method_name == "execute_confirmed"
+    call = (second.kwargs or {})["call"]
+    assert calls.get_call(call["call_ref"]).outcome is None  # type: ignore[union-attr]
+    # Indexed now: the result trigger reads it and the resumed task confirms.
+    emulator.add_session(
+        id=call["session_id"], session_start_time=call["session_start_time"], parameters={"A": "1"}
+    )
+    result = op.execute_confirmed({"ti": ti}, _first_event(second.trigger), call=call)
+    assert result == {**call, "status": "answered", "outcome_source": "insights"}
+    assert len(emulator.calls) == 1  # waiting never dials
+
+    # Another task instance whose session is never indexed: the deferral times out at the bound.
+    other = _operator("call_2", deferrable=True, confirm_timeout=0.4)
+    ti2 = OperatorTI("call_2")
+    first = _defer(lambda: other.execute({"ti": ti2}))
+    second = _defer(
+        lambda: other.execute_complete({"ti": ti2}, _first_event(first.trigger), **(first.kwargs or {}))
+    )
+    time.sleep(second.timeout.total_seconds() + 0.05)
+    result = other.resume_execution("__fail__", {"error": "Trigger timeout"}, {"ti": ti2})
+    assert (result["status"], result["outcome_source"]) == ("answered", "inferred")
+    assert result["call_ref"] == ti2.xcoms["call"]["call_ref"]
+    assert calls.get_call(result["call_ref"]).outcome_source == "inferred"  # type: ignore[union-attr]
+
+
+def test_make_call_refuses_a_bad_confirm_option() -> None:  # no store, no emulator
+    with pytest.raises(VonageStudioConfigError, match="confirm_answered"):
+        _operator("call", confirm_answered="webhook")
