@@ -139,6 +139,7 @@ class CallStatusTrigger(BaseTrigger):
         waiter = _SharedPoller.for_store(self.store_url).register(self.call_refs, self.poll_interval)
         self._waiter = waiter
         statuses: dict[str, str] = {}
+        sources: dict[str, str] = {}
         errors: dict[str, VonageStudioError] = {}
         failures = 0
         self.log.info(
@@ -172,11 +173,14 @@ class CallStatusTrigger(BaseTrigger):
                 for ref, outcome in result.decided.items():
                     self.log.info("Call %s: %s", ref, outcome.describe())
                     statuses[ref] = outcome.status
+                    if outcome.source:
+                        sources[ref] = outcome.source
                 waiter.done([*result.errors, *result.decided])
                 self._schedule_deadlines(waiter, records)
             # Leave the poll rounds before handing over the event: nothing more to read.
             waiter.close()
-            yield TriggerEvent(dict(status_event(self.call_refs, statuses, errors, single=self.single)))
+            event = status_event(self.call_refs, statuses, errors, single=self.single, sources=sources)
+            yield TriggerEvent(dict(event))
         finally:
             waiter.close()
 

@@ -88,6 +88,8 @@ def test_trigger_event_for_a_failure_status(store: CallStore, store_url: str) ->
             "call_ref": "vs-busy",
             "call_status": "busy",
             "call_statuses": {"vs-busy": "busy"},
+            "call_source": "callback",
+            "call_sources": {"vs-busy": "callback"},
         }
     ]
     # With the default fail_on the same call ends in an error event that rebuilds CallFailed.
@@ -155,6 +157,7 @@ def test_batch_trigger_waits_for_all(store: CallStore, store_url: str) -> None:
     assert event == {
         "status": "success",
         "call_statuses": {"vs-a": "busy", "vs-b": "failed", "vs-c": ANSWERED},
+        "call_sources": {"vs-a": "callback", "vs-b": "callback", "vs-c": "inferred"},
     }
 
     # fail_on for a batch: errors are per call; the others are still reported.
