@@ -160,6 +160,16 @@ class TaskIdentity:
     task_id: str
     map_index: int = -1
 
+    def row_fields(self) -> dict[str, Any]:
+        """The ledger row's task columns (``dag_id``, ``run_id``, ``task_id``, ``map_index``):
+        only these, whatever a subclass adds."""
+        return {
+            "dag_id": self.dag_id,
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "map_index": self.map_index,
+        }
+
     def call_ref(self, key: str | None = None) -> str:
         """The call reference of this task instance's call for ``key`` (see :func:`make_call_ref`)."""
         return make_call_ref(self.dag_id, self.run_id, self.task_id, self.map_index, key)

@@ -356,7 +356,7 @@ class MessagingMixin(DialingMixin):
         if decision.sends:
             self._check_do_not_call(destination, extra_do_not_call, default_country)
         if earlier is None:
-            task: dict[str, Any] = {} if identity is None else vars(identity).copy()
+            task: dict[str, Any] = {} if identity is None else identity.row_fields()
             with store.unavailable_as_error(f"before sending message {ref}"):
                 created, earlier = store.begin_message(
                     ref,

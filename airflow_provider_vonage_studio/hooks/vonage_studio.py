@@ -522,7 +522,7 @@ def _task_identity(
             f"identity and {', '.join(clashing)} were both given: pass the task instance either as "
             "identity=TaskIdentity(...) or as dag_id/run_id/task_id/map_index, not both"
         )
-    return {name: getattr(identity, name) for name in _IDENTITY_FIELDS}
+    return identity.row_fields()
 
 
 __all__ = [

@@ -96,3 +96,23 @@ def test_the_end_call_token_rides_on_calls_only(live: tuple[Emulator, CallStore,
     names = {p["name"] for p in (message.body or {}).get("session_parameters", [])}
     assert "VS_CALL_TOKEN" not in names
     assert "VS_CALL_TOKEN" in {p["name"] for p in (call.body or {}).get("session_parameters", [])}
+
+
+def test_a_campaign_attempt_identity_names_the_message_row(live: tuple[Emulator, CallStore, str]) -> None:
+    """An identity that carries more than the task (a campaign's attempt) still fills exactly the
+    row's four task columns."""
+    from airflow_provider_vonage_studio.campaign import AttemptIdentity
+
+    _emulator, store, _receiver = live
+    identity = AttemptIdentity("boundary_dag", "manual__1", "send", 2, message=True)
+    VonageStudioHook(store=store, retry_backoff=0.01).send_message(
+        NUMBER, AGENT, channel="sms", call_ref="vs-msg-boundary-4", identity=identity
+    )
+    record = store.get_call("vs-msg-boundary-4")
+    assert record is not None
+    assert (record.dag_id, record.run_id, record.task_id, record.map_index) == (
+        "boundary_dag",
+        "manual__1",
+        "send",
+        2,
+    )

@@ -18,7 +18,17 @@ ROOT = Path(airflow_provider_vonage_studio.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("exceptions", "_compat"),
     ("calls",),
-    ("ledger", "outcome", "windows", "signing", "destinations", "params", "validation", "timeutil"),
+    (
+        "ledger",
+        "outcome",
+        "windows",
+        "campaign",
+        "signing",
+        "destinations",
+        "params",
+        "validation",
+        "timeutil",
+    ),
     ("events",),
     ("hooks",),
     ("batch", "recipients", "results"),
