@@ -29,9 +29,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "validation",
         "timeutil",
     ),
-    ("events",),
+    ("events", "links"),
     ("hooks",),
-    ("batch", "recipients", "results"),
+    ("batch", "recipients", "recipient_sources", "results"),
     ("triggers",),
     ("operators", "sensors", "notifications"),
 )
