@@ -3,8 +3,10 @@
 This module is imported when DAG files are parsed: it imports neither SQLAlchemy nor the
 trigger machinery at top level (both load inside ``execute``/``poke``).
 
-It is a little over ~500 lines because the two sensor classes must be *defined* here (serialized
-DAGs record each operator's module); their checks live in ``outcome.py`` and ``results.py``.
+It is over ~500 lines because the two sensor classes must be *defined* here (serialized DAGs
+record each operator's module), and the resume steps of ``CallStatusSensor``'s Insights
+confirmation (a second deferral, its timeout) are methods of the sensor Airflow resumes; the
+checks themselves live in ``outcome.py`` and ``results.py``.
 """
 
 from __future__ import annotations
