@@ -75,10 +75,15 @@ def test_make_demo_runs_reminder_calls_on_a_running_airflow() -> None:
     print(out)  # the demo's own progress, for the record
     assert status == 0, out[-8000:]
 
-    # One row per scripted recipient: redacted number, scripted outcome, the same observed, ok.
+    # One row per scripted recipient: redacted number, scripted outcome, the same observed, its
+    # source, ok.
     for to, outcome in SCRIPT.items():
         number = re.escape(redact(to))
-        row = re.search(rf"^appt-\d+\s+{number}\s+{outcome}\s+{outcome}\s+[0-9a-f-]{{36}}\s+yes$", out, re.M)
+        # Where the truth came from: AI Studio's callback for a failure, silence for the answer.
+        source = "inferred" if outcome == "answered" else "callback"
+        row = re.search(
+            rf"^appt-\d+\s+{number}\s+{outcome}\s+{outcome}\s+{source}\s+[0-9a-f-]{{36}}\s+yes$", out, re.M
+        )
         assert row, f"no matching row for {redact(to)} ({outcome}):\n{out}"
     # And what reached the emulator: each number once, with its agent and session parameters.
     assert f"calls received by the emulator: {len(SCRIPT)}" in out

@@ -18,7 +18,10 @@ RUN = "manual__2026-03-01T08:00:00+00:00"
 
 
 def _ti_key(task_id: str = "call", map_index: int = -1):
-    from airflow.sdk.types import TaskInstanceKey
+    try:
+        from airflow.sdk.types import TaskInstanceKey
+    except ImportError:  # Airflow 3.1: the key is not in the SDK yet
+        from airflow.models.taskinstancekey import TaskInstanceKey  # type: ignore[no-redef]
 
     return TaskInstanceKey(dag_id="reminders", task_id=task_id, run_id=RUN, try_number=1, map_index=map_index)
 
