@@ -36,11 +36,17 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PKG}.hooks.vonage_studio"]}],
         "operators": [
-            {"integration-name": _INTEGRATION, "python-modules": [f"{_PKG}.operators.vonage_studio"]}
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": [f"{_PKG}.operators.vonage_studio", f"{_PKG}.operators.messaging"],
+            }
         ],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PKG}.sensors.vonage_studio"]}],
         "triggers": [
-            {"integration-name": _INTEGRATION, "python-modules": [f"{_PKG}.triggers.vonage_studio"]}
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": [f"{_PKG}.triggers.vonage_studio", f"{_PKG}.triggers.outcome_events"],
+            }
         ],
         "notifications": [f"{_PKG}.notifications.vonage_studio.VonageStudioCallNotifier"],
         # The task instance's "Call outcomes" button (attached to each calling or waiting operator).

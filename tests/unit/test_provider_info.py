@@ -126,3 +126,17 @@ def test_the_call_outcomes_link_is_declared_and_registered():
     manager.initialize_providers_list()
     assert "airflow_provider_vonage_studio.links.CallOutcomesLink" in manager.extra_links_class_names
     assert CallOutcomesLink().name == "Call outcomes"
+
+
+def test_every_public_operator_and_trigger_module_is_declared():
+    """Airflow's provider listing shows the modules declared here: each module that defines a
+    public operator or trigger class is among them."""
+    info = get_provider_info()
+    declared = {m for kind in ("operators", "triggers") for e in info[kind] for m in e["python-modules"]}
+    pkg = "airflow_provider_vonage_studio"
+    assert {
+        f"{pkg}.operators.vonage_studio",
+        f"{pkg}.operators.messaging",
+        f"{pkg}.triggers.vonage_studio",
+        f"{pkg}.triggers.outcome_events",
+    } <= declared
