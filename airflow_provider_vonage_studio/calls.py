@@ -9,8 +9,6 @@ a call.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -206,5 +204,9 @@ def make_call_ref(
     # A JSON list (not string concatenation) keeps the fields apart: ("a_b", "c") and
     # ("a", "b_c") hash differently, and null differs from "". Fixed separators and
     # ensure_ascii make the bytes independent of the json module's defaults.
+    # Imported here: DAG files load this module at parse time, and make_call_ref runs on workers.
+    import hashlib
+    import json
+
     payload = json.dumps([dag_id, run_id, task_id, map_index, key], separators=(",", ":"), ensure_ascii=True)
     return CALL_REF_PREFIX + hashlib.sha256(payload.encode("ascii")).hexdigest()[:32]
