@@ -21,6 +21,7 @@ from airflow_provider_vonage_studio.store.schema import _chunks, _utcnow, batch_
 
 __all__ = ["BatchResultRow", "BatchResults"]
 
+
 class BatchResultRow(TypedDict, total=False):
     """One recipient's stored result (the keys :meth:`BatchResults.write_batch_results` takes
     and :meth:`BatchResults.batch_results` returns, with the task instance's four ids)."""
