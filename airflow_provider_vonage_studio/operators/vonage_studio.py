@@ -506,6 +506,14 @@ class MakeCallsOperator(BaseOperator, CallingTask, CampaignTask):
     :param deferrable: with ``wait_for_status``: wait in the triggerer. Default:
         ``[operators] default_deferrable``.
     :param progress_interval: seconds between progress lines (done/total, rate, ETA) in the log.
+    :param attempts: a :class:`~airflow_provider_vonage_studio.campaign.CallAttempts` policy: dial
+        in waves, calling back (after ``spacing``, inside the calling window, the do-not-call list
+        read again) whoever's last outcome is in ``retry_on``, at most ``max_attempts`` times;
+        the task defers between waves. Each attempt is its own ledger entry. ``None`` (default):
+        one pass, as described here. See docs/operators.md, "Attempts and fallback".
+    :param then_message: with ``attempts``, a
+        :class:`~airflow_provider_vonage_studio.campaign.MessageFallback`: one SMS or WhatsApp,
+        exactly once, to every recipient still not reached after the last wave (and nobody else).
 
     Returns (XCom), for a batch of up to ``FULL_RESULTS_MAX`` (1,000) recipients, a JSON-safe
     list, one dict per recipient in the given order: ``index``, ``to`` (redacted), ``key``,
