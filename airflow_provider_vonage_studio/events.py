@@ -41,6 +41,7 @@ __all__ = [
     "result_success_event",
     "resume",
     "source_of",
+    "sources_of",
     "status_event",
     "store_outage_event",
     "verdict_of",
@@ -270,6 +271,15 @@ def source_of(event: Any) -> str | None:
         return None
     source = event.get("call_source")
     return source if isinstance(source, str) and source else None
+
+
+def sources_of(event: Any) -> dict[str, str]:
+    """The ``call_sources`` (call_ref → outcome source) a status event carries; ``{}`` for an
+    older trigger's event or anything malformed (the source is then not reported)."""
+    sources = event.get("call_sources") if isinstance(event, Mapping) else None
+    if not isinstance(sources, Mapping):
+        return {}
+    return {ref: src for ref, src in sources.items() if isinstance(ref, str) and isinstance(src, str) and src}
 
 
 def verdict_of(event: Any) -> tuple[str, str] | None:

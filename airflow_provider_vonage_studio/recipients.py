@@ -125,6 +125,8 @@ class RecipientResult:
     opens_at: datetime | None = None
     status: str | None = None
     with_status: bool = False
+    #: Where ``status`` came from (``callback``, ``end_call``, ``insights``, ``inferred``).
+    outcome_source: str | None = None
     # The normalised destination, as the ledger stores it: for the store's batch results only,
     # never in to_dict (XCom) or logs.
     destination: str | None = field(default=None, repr=False, compare=False)
@@ -163,6 +165,7 @@ class RecipientResult:
             data["opens_at"] = _iso(self.opens_at)
         if self.with_status:
             data["status"] = self.status
+            data["outcome_source"] = self.outcome_source
         return data
 
 

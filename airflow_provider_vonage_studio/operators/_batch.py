@@ -100,28 +100,34 @@ def batch_results(
     log: Any,
     *,
     task: TaskIdentity | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> list[RecipientResult]:
     """The report's results, each placed call with its ``status`` (or why it has none) when
     ``statuses`` were waited for; those statuses are stored as the calls' verdicts (one
     transaction, never raising) so the outcome view shows what the task reported, and, with
-    ``task``, in the batch's stored results."""
+    ``task``, in the batch's stored results. ``sources`` (call_ref → where its status came
+    from) fill each result's ``outcome_source`` and are stored with the verdicts."""
+    sources = sources or {}
     results = list(report.results)
     if statuses is None:
         return results
     if not report.complete:
         placed = report.placed_refs()
         verdicts = {ref: status for ref in placed if (status := statuses.get(ref, (None, None))[0])}
-        record_verdicts(store, verdicts, log=log)
+        record_verdicts(store, verdicts, sources=sources, log=log)
         _store_statuses(store, task, verdicts, log)
         return results
     for position, result in enumerate(results):
         status, why = statuses.get(result.call_ref or "", (None, None))
         if result.result is not ResultKind.PLACED:
             status, why = None, None
-        results[position] = replace(result, with_status=True, status=status, reason=result.reason or why)
+        source = sources.get(result.call_ref or "") if status else None
+        results[position] = replace(
+            result, with_status=True, status=status, reason=result.reason or why, outcome_source=source
+        )
     # "answered" included, before fail_on may fail the task.
     reported: dict[str, str] = {r.call_ref: r.status for r in results if r.call_ref and r.status}
-    record_verdicts(store, reported, log=log)
+    record_verdicts(store, reported, sources=sources, log=log)
     _store_statuses(store, task, reported, log)
     return results
 

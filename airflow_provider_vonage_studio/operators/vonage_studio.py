@@ -26,7 +26,7 @@ from airflow_provider_vonage_studio.campaign import CallAttempts, MessageFallbac
 
 # fail_task moved to events.py, ti_identity and _LOCAL_PROTOCOLS to helper modules of this
 # package; importable from here for one release.
-from airflow_provider_vonage_studio.events import fail_task, resume
+from airflow_provider_vonage_studio.events import fail_task, resume, sources_of
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError, VonageStudioError
 from airflow_provider_vonage_studio.links import CallOutcomesLink
 from airflow_provider_vonage_studio.operators._calling import (
@@ -791,14 +791,16 @@ class MakeCallsOperator(BaseOperator, CallingTask, CampaignTask):
             )
         from airflow_provider_vonage_studio.outcome import wait_for_calls
 
+        sources: dict[str, str] = {}
         statuses = wait_for_calls(
             hook.store,
             refs,
             answer_window=self.answer_window,
             poll_interval=self.poke_interval,
             logger=self.log,
+            sources=sources,
         )
-        return self._finish(context, report, statuses)
+        return self._finish(context, report, statuses, sources)
 
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None
@@ -809,7 +811,7 @@ class MakeCallsOperator(BaseOperator, CallingTask, CampaignTask):
             report = self._pass(context, self.hook, dial=False)
         except VonageStudioError as exc:
             raise fail_task(exc) from exc
-        return self._finish(context, report, statuses)
+        return self._finish(context, report, statuses, sources_of(event))
 
     def _log_report(self, report: BatchReport) -> None:
         self.log.info("Batch pass done: %s; %d dial(s) sent", report.summary(), report.dialed)
@@ -825,11 +827,14 @@ class MakeCallsOperator(BaseOperator, CallingTask, CampaignTask):
         context: Context,
         report: BatchReport,
         statuses: Mapping[str, tuple[str | None, str | None]] | None,
+        sources: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         from airflow_provider_vonage_studio.operators._batch import batch_problem, batch_results, results_xcom
 
         task = task_identity(context)
-        results = batch_results(report, statuses, lambda: self.hook.store, self.log, task=task)
+        results = batch_results(
+            report, statuses, lambda: self.hook.store, self.log, task=task, sources=sources
+        )
         value = results_xcom(report, statuses, task, results)
         problem = batch_problem(
             report, results, fail_on=self.fail_on, fail_on_rejected=self.fail_on_rejected, statuses=statuses

@@ -560,6 +560,8 @@ def test_batch_waits_for_every_status_with_one_trigger(with_receiver: Live) -> N
         ("rejected", None),
     ]
     assert len(with_receiver.emulator.calls) == 3  # resuming never dials
+    # Where each status came from rides in the trigger's event into every result.
+    assert [r["outcome_source"] for r in results] == ["callback", "inferred", "callback", None]
     # Every verdict is stored for the outcome view, although fail_on failed the task.
     records = with_receiver.store.get_calls([r["call_ref"] for r in results if r["call_ref"]])
     assert [records[r["call_ref"]].outcome for r in results[:3]] == ["busy", "answered", "timeout"]
@@ -577,5 +579,7 @@ def test_batch_waits_for_statuses_in_process(with_receiver: Live) -> None:
     )
     results = op.execute(_ctx())
     assert [r["status"] for r in results] == ["busy", "answered", "timeout"]
+    assert [r["outcome_source"] for r in results] == ["callback", "inferred", "callback"]
     records = with_receiver.store.get_calls([r["call_ref"] for r in results])
     assert [records[r["call_ref"]].outcome for r in results] == ["busy", "answered", "timeout"]
+    assert [records[r["call_ref"]].outcome_source for r in results] == ["callback", "inferred", "callback"]

@@ -143,6 +143,7 @@ def test_results_are_json_safe_and_redacted():
         session_start_time=_utc(2026, 1, 1, 9),
         with_status=True,
         status="answered",
+        outcome_source="inferred",
     )
     report = BatchReport(results=(result, RecipientResult(1, "+44•••••0456", None, None, ResultKind.SKIPPED)))
     data = json.loads(json.dumps(report.to_list()))
@@ -156,6 +157,7 @@ def test_results_are_json_safe_and_redacted():
         "session_id": "s",
         "session_start_time": "2026-01-01T09:00:00+00:00",
         "status": "answered",
+        "outcome_source": "inferred",
     }
     assert report.counts() == {"placed": 1, "rejected": 0, "skipped": 1, "unknown": 0, "deferred": 0}
     assert report.summary() == "placed 1, skipped 1 of 2 recipient(s)"
