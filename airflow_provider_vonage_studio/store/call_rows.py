@@ -35,6 +35,7 @@ class CallRows(StoreBase):
         task_id: str | None = None,
         map_index: int = -1,
         recipient_key: str | None = None,
+        channel: str | None = None,
     ) -> tuple[bool, CallRecord]:
         """Write the ledger row of a call about to be dialed, unless it exists already.
 
@@ -42,7 +43,8 @@ class CallRows(StoreBase):
         ``(False, existing)`` when the row was already there (a retry, or another process
         that won the race: exactly one caller ever gets ``True``). ``destination`` is the
         normalised number or SIP URI. Raises :class:`VonageStudioConfigError` for an empty
-        or over-long ``call_ref`` or an empty ``agent_id``/``destination``.
+        or over-long ``call_ref`` or an empty ``agent_id``/``destination``. ``channel`` is
+        ``None`` for a call; a message's row names its channel (see ``begin_message``).
         """
         _check_call_ref(call_ref)
         if not agent_id:
@@ -60,6 +62,7 @@ class CallRows(StoreBase):
             "task_id": task_id,
             "map_index": map_index,
             "recipient_key": recipient_key,
+            "channel": channel,
             "created_at": now,
             "updated_at": now,
         }

@@ -13,15 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from airflow_provider_vonage_studio.calls import MESSAGE_CHANNELS, CallRecord, CallState, RecordOutcome
 from airflow_provider_vonage_studio.exceptions import VonageStudioConfigError
-from airflow_provider_vonage_studio.store.call_rows import _check_call_ref, _record_from_values
 from airflow_provider_vonage_studio.store.engine import StoreBase
 from airflow_provider_vonage_studio.store.schema import (
     _STATUS_MAX,
@@ -36,6 +34,9 @@ from airflow_provider_vonage_studio.store.statuses import (
     _insert_ignoring_conflicts,
     _inserted,
 )
+
+if TYPE_CHECKING:
+    from airflow_provider_vonage_studio.store.call_rows import CallRows
 
 __all__ = ["MESSAGE_CHANNELS", "MessageStatus", "Messages"]
 
@@ -83,36 +84,21 @@ class Messages(StoreBase):
         :raises VonageStudioConfigError: a bad ``call_ref``, an empty ``agent_id`` or
             ``destination``, a ``channel`` other than ``sms``/``whatsapp``.
         """
-        _check_call_ref(call_ref)
         if channel not in MESSAGE_CHANNELS:
             raise VonageStudioConfigError(f"channel: expected 'sms' or 'whatsapp', got {channel!r}")
-        if not agent_id or not destination:
-            raise VonageStudioConfigError("agent_id and destination: must not be empty")
-        now = _utcnow()
-        values: dict[str, Any] = {
-            "call_ref": call_ref,
-            "agent_id": agent_id,
-            "destination": destination,
-            "state": CallState.QUEUED.value,
-            "channel": channel,
-            "dag_id": dag_id,
-            "run_id": run_id,
-            "task_id": task_id,
-            "map_index": map_index,
-            "recipient_key": recipient_key,
-            "created_at": now,
-            "updated_at": now,
-        }
-        try:
-            with self._transaction(write=True) as conn:
-                conn.execute(calls_table.insert().values(**values))
-        except IntegrityError:
-            with self._transaction(write=False) as conn:
-                row = conn.execute(sa.select(calls_table).where(calls_table.c.call_ref == call_ref)).first()
-            if row is None:  # pragma: no cover - rows are never deleted
-                raise
-            return False, _record_from_values(row._mapping)
-        return True, _record_from_values(values)
+        # The same row as a call's, and the same race rules: only its channel differs.
+        rows = cast("CallRows", self)  # CallStore holds both parts
+        return rows.begin_call(
+            call_ref,
+            agent_id=agent_id,
+            destination=destination,
+            dag_id=dag_id,
+            run_id=run_id,
+            task_id=task_id,
+            map_index=map_index,
+            recipient_key=recipient_key,
+            channel=channel,
+        )
 
     def record_message_status(
         self,
