@@ -40,9 +40,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
-from airflow_provider_vonage_studio.callbacks.body import _CONTROL_RE, MAX_BODY_BYTES, parse_callback_time
+from airflow_provider_vonage_studio.callbacks.body import _CONTROL_RE, parse_callback_time
 from airflow_provider_vonage_studio.callbacks.responses import (
     _error,
     _result_body,
@@ -50,7 +49,7 @@ from airflow_provider_vonage_studio.callbacks.responses import (
     _too_late,
 )
 from airflow_provider_vonage_studio.callbacks.settings import LOGGER_NAME
-from airflow_provider_vonage_studio.callbacks.status import _BodyTooLarge, _read_capped, _verified_token
+from airflow_provider_vonage_studio.callbacks.status import _verified_token, read_body
 from airflow_provider_vonage_studio.hooks.connection import END_CALL_TOKEN_PARAMETER
 
 if TYPE_CHECKING:
@@ -169,20 +168,9 @@ def ended_route(
 
 async def _read_body(request: Request, call_ref: str) -> EndCallBody | Response:
     """The parsed body, or the refusal: 413 too large, 400 incomplete, 422 invalid."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
-        log.warning("end-call for %s refused: body of %s bytes declared", call_ref, declared.strip())
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        raw = await _read_capped(request, MAX_BODY_BYTES)
-    except _BodyTooLarge:
-        log.warning("end-call for %s refused: body over %d bytes", call_ref, MAX_BODY_BYTES)
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    except ClientDisconnect:
-        log.warning(
-            "end-call for %s not recorded: the client hung up before sending the whole body", call_ref
-        )
-        return _error(400, "the request body was incomplete")
+    raw = await read_body(request, f"end-call for {call_ref}")
+    if isinstance(raw, Response):
+        return raw
     parsed = parse_end_call_body(raw)
     if isinstance(parsed, str):
         log.warning("end-call for %s refused: %s", call_ref, parsed)

@@ -29,11 +29,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from airflow_provider_vonage_studio.callbacks.body import (
     _CONTROL_RE,
-    MAX_BODY_BYTES,
     _describe,
     destinations_match,
     parse_callback_time,
@@ -45,7 +43,7 @@ from airflow_provider_vonage_studio.callbacks.responses import (
     _too_late,
 )
 from airflow_provider_vonage_studio.callbacks.settings import LOGGER_NAME
-from airflow_provider_vonage_studio.callbacks.status import _BodyTooLarge, _read_capped, _verified_token
+from airflow_provider_vonage_studio.callbacks.status import _verified_token, read_body
 
 if TYPE_CHECKING:
     from airflow_provider_vonage_studio.calls import RecordOutcome
@@ -147,16 +145,9 @@ def message_status_route(
 
 async def _read_body(request: Request, ref: str) -> tuple[MessageStatusCallback, dict[str, Any]] | Response:
     """The validated body and the object as received, or the refusal (413, 400, 422)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        raw = await _read_capped(request, MAX_BODY_BYTES)
-    except _BodyTooLarge:
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    except ClientDisconnect:
-        log.warning("message callback for %s not recorded: the client hung up mid-body", ref)
-        return _error(400, "the request body was incomplete")
+    raw = await read_body(request, f"message callback for {ref}")
+    if isinstance(raw, Response):
+        return raw
     try:
         callback = MessageStatusCallback.model_validate_json(raw)
         payload = json.loads(raw)

@@ -84,22 +84,9 @@ async def _verified_token(
 
 async def _read_callback(request: Request, call_ref: str) -> StatusCallback | Response:
     """The validated body, or the refusal: 413 too large, 400 incomplete, 422 invalid."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
-        log.warning("callback for %s refused: body of %s bytes declared", call_ref, declared.strip())
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = await _read_capped(request, MAX_BODY_BYTES)
-    except _BodyTooLarge:
-        log.warning("callback for %s refused: body over %d bytes", call_ref, MAX_BODY_BYTES)
-        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    except ClientDisconnect:
-        # Routine on the Internet (a timeout, a probe): one line, not an ASGI traceback. The
-        # answer below is never delivered; returning normally ends the request cleanly.
-        log.warning(
-            "callback for %s not recorded: the client hung up before sending the whole body", call_ref
-        )
-        return _error(400, "the request body was incomplete")
+    body = await read_body(request, f"callback for {call_ref}")
+    if isinstance(body, Response):
+        return body
     try:
         return StatusCallback.model_validate_json(body)
     except ValidationError as exc:
@@ -119,6 +106,24 @@ def _verify(token: str, secrets: list[str]) -> VerifiedToken | None:
 
 def _fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
+
+
+async def read_body(request: Request, what: str) -> bytes | Response:
+    """The request body of a receiver route, or the refusal: 413 over :data:`MAX_BODY_BYTES`
+    (declared or streamed), 400 when the client hung up mid-body. ``what`` names the request in
+    the log line of a refusal (never the token)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
+        log.warning("%s refused: body of %s bytes declared", what, declared.strip())
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return await _read_capped(request, MAX_BODY_BYTES)
+    except _BodyTooLarge:
+        log.warning("%s refused: body over %d bytes", what, MAX_BODY_BYTES)
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    except ClientDisconnect:
+        log.warning("%s not recorded: the client hung up before sending the whole body", what)
+        return _error(400, "the request body was incomplete")
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
