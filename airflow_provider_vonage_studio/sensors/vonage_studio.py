@@ -375,7 +375,11 @@ class CallStatusSensor(BaseSensorOperator):
 
         :raises AirflowFailException: ``require_confirmed`` and ``answered`` was only inferred.
         """
-        self.log.info("Call %s ended: %s [source: %s]", call_ref, status, source or "unknown")
+        # The verdict in words (what "answered" rests on, what a failure status means).
+        described = CallOutcome(
+            call_ref, status, inferred=source == OutcomeSource.INFERRED.value, status_at=None, source=source
+        ).describe()
+        self.log.info("Call %s ended: %s [source: %s]", call_ref, described, source or "unknown")
         if self.require_confirmed and status == ANSWERED and source in (OutcomeSource.INFERRED.value, None):
             raise fail_task(
                 VonageStudioError(
