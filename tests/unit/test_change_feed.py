@@ -121,8 +121,12 @@ def test_a_late_postgresql_commit_is_not_skipped(store: CallStore, store_url: st
         slow.execute(t.update().where(t.c.call_ref == "vs-late").values(error_message="slow writer"))
         store.set_parameters("vs-early", {"X": "1"})  # a later number, committed at once
         changes, cursor = store.changes_since(cursor)
-        seen = {c.record.call_ref for c in changes}
-        assert "vs-early" in seen and "vs-late" not in seen
+        seen = {c.record.call_ref: c.record for c in changes}
+        assert "vs-early" in seen
+        # The open write is not seen. Its row's committed state may come back (a re-read the
+        # feed allows) when another transaction on the server holds the snapshot's xmin back,
+        # as a second test suite on the same server does.
+        assert "vs-late" not in seen or seen["vs-late"].error_message != "slow writer"
         late_seq = max(c.seq for c in changes)
         transaction.commit()
     changes, cursor = store.changes_since(cursor)
